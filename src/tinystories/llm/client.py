@@ -1,0 +1,259 @@
+"""LLMClient: runs many requests through one backend with caching, limits, retries and validation.
+
+Why our own loop rather than the openai client's built-in retries: the same policy must cover
+the embedded backend, every retry must be counted in the stats, a reply the caller rejects
+must be retried with a fresh seed, and results must reach the caller as they arrive (so a
+long job appends to disk and a kill loses nothing already answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from tinystories.errors import UserError
+from tinystories.llm.base import Backend, RawResult, Reject, Request, Response, TransientError
+from tinystories.llm.cache import ResponseCache, cache_key
+from tinystories.llm.config import LLMConfig
+from tinystories.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+Validator = Callable[[Response], Any]
+
+
+def default_validator(response: Response) -> str:
+    if not (response.text or "").strip():
+        raise Reject("empty reply")
+    return response.text
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cache_hits: int = 0  # answers (including rejected attempts) served from the cache
+    backend_calls: int = 0
+    retries: int = 0
+    rejected_attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    generated_tokens_live: int = 0  # completion tokens from real backend calls (for tokens/s)
+    backend_seconds: float = 0.0
+    cost: float = 0.0
+    failures: dict = field(default_factory=dict)  # reason -> count
+
+    def as_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out["failures"] = dict(self.failures)
+        return out
+
+
+class RateLimiter:
+    """Requests-per-minute as even spacing, tokens-per-minute as a refilling bucket."""
+
+    def __init__(self, requests_per_minute: float, tokens_per_minute: float):
+        self._interval = 60.0 / requests_per_minute if requests_per_minute > 0 else 0.0
+        self._tpm = tokens_per_minute
+        self._next_slot = 0.0
+        self._tokens = tokens_per_minute
+        self._refilled = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int) -> None:
+        if not self._interval and not self._tpm:
+            return
+        async with self._lock:
+            if self._interval:
+                now = time.monotonic()
+                wait = self._next_slot - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._next_slot = max(now, self._next_slot) + self._interval
+            if self._tpm:
+                need = min(tokens, self._tpm)
+                while True:
+                    now = time.monotonic()
+                    self._tokens = min(self._tpm, self._tokens + (now - self._refilled) * self._tpm / 60.0)
+                    self._refilled = now
+                    if self._tokens >= need:
+                        self._tokens -= need
+                        break
+                    await asyncio.sleep((need - self._tokens) * 60.0 / self._tpm)
+
+
+class LLMClient:
+    def __init__(self, cfg: LLMConfig, backend: Backend, cache: ResponseCache | None = None):
+        self.cfg = cfg
+        self.backend = backend
+        self.cache = cache or ResponseCache(None)
+        self.stats = Stats()
+        self._identity = backend.identity()
+
+    @property
+    def model_name(self) -> str:
+        return str(self._identity.get("model", self.cfg.model))
+
+    def describe(self) -> dict:
+        """Provenance for manifests and reports (never includes secrets)."""
+        return {"backend": self.backend.name, **self._identity}
+
+    # -- one request -----------------------------------------------------------------------
+    async def _call(self, request: Request, limiter: RateLimiter) -> tuple[RawResult, bool, int, float]:
+        key = cache_key(self._identity, self.cfg.mode, request)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats.cache_hits += 1
+            return hit, True, 0, 0.0
+        retries = 0
+        while True:
+            await limiter.acquire(request.approx_prompt_tokens() + request.max_tokens)
+            t0 = time.monotonic()
+            try:
+                self.stats.backend_calls += 1
+                result = await asyncio.wait_for(self.backend.generate(request), timeout=self.cfg.timeout_s + 5)
+            except (TransientError, asyncio.TimeoutError) as exc:
+                if retries >= self.cfg.max_retries:
+                    raise TransientError(f"gave up after {retries} retries: {exc or 'timeout'}") from None
+                retry_after = getattr(exc, "retry_after", None)
+                delay = retry_after if retry_after is not None else self.cfg.backoff_s * (2**retries) * (0.5 + random.random())
+                retries += 1
+                self.stats.retries += 1
+                log.warning("retry %d for %s in %.1fs: %s", retries, request.key, delay, exc or "timeout")
+                await asyncio.sleep(delay)
+                continue
+            latency = time.monotonic() - t0
+            self.stats.backend_seconds += latency
+            self.stats.generated_tokens_live += result.completion_tokens
+            self.cache.put(key, result)
+            return result, False, retries, latency
+
+    async def _one(self, request: Request, validate: Validator, limiter: RateLimiter) -> Response:
+        last_reason = "no attempt"
+        total_retries = 0
+        response = Response(key=request.key, text=None)
+        for attempt in range(self.cfg.max_attempts):
+            # A fresh seed per attempt: the same prompt with the same seed gives the same bad answer.
+            attempt_request = request if attempt == 0 else request.with_seed(request.seed + 1_000_003 * attempt)
+            try:
+                raw, cached, retries, latency = await self._call(attempt_request, limiter)
+            except TransientError as exc:
+                last_reason = f"transport: {exc}"
+                break
+            total_retries += retries
+            response = Response(
+                key=request.key,
+                text=raw.text,
+                finish_reason=raw.finish_reason,
+                prompt_tokens=raw.prompt_tokens,
+                completion_tokens=raw.completion_tokens,
+                latency_s=round(latency, 4),
+                model=raw.model or self.model_name,
+                backend=self.backend.name,
+                seed=attempt_request.seed,
+                cached=cached,
+                attempts=attempt + 1,
+                retries=total_retries,
+            )
+            self.stats.prompt_tokens += raw.prompt_tokens
+            self.stats.completion_tokens += raw.completion_tokens
+            if not cached:
+                self.stats.cost += (
+                    raw.prompt_tokens * self.cfg.price_prompt_per_1k + raw.completion_tokens * self.cfg.price_completion_per_1k
+                ) / 1000.0
+            try:
+                response.value = validate(response)
+                return response
+            except Reject as exc:
+                last_reason = str(exc) or "rejected"
+                self.stats.rejected_attempts += 1
+        response.error = last_reason
+        response.retries = total_retries
+        response.attempts = min(self.cfg.max_attempts, response.attempts)
+        return response
+
+    # -- many requests ---------------------------------------------------------------------
+    async def acomplete(
+        self,
+        requests: Iterable[Request],
+        validate: Validator | None = None,
+        on_result: Callable[[Response], None] | None = None,
+        total: int | None = None,
+        description: str = "llm",
+        collect: bool = True,
+    ) -> list[Response]:
+        validate = validate or default_validator
+        limiter = RateLimiter(self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
+        workers = max(1, min(self.cfg.concurrency, getattr(self.backend, "max_concurrency", self.cfg.concurrency)))
+        iterator = iter(requests)
+        results: list[Response] = []
+        t_start = time.monotonic()
+
+        with progress_bar(description, total, unit="req") as bar:
+
+            async def worker() -> None:
+                for request in iterator:  # shared iterator: each request is taken by exactly one worker
+                    self.stats.requests += 1
+                    response = await self._one(request, validate, limiter)
+                    if response.ok:
+                        self.stats.succeeded += 1
+                    else:
+                        self.stats.failed += 1
+                        reason = response.error.split(":")[0]
+                        self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
+                    if on_result is not None:
+                        on_result(response)
+                    if collect:
+                        results.append(response)
+                    elapsed = max(1e-9, time.monotonic() - t_start)
+                    bar.advance(
+                        1,
+                        failed=self.stats.failed,
+                        cached=self.stats.cache_hits,
+                        tok_s=f"{self.stats.generated_tokens_live / elapsed:.1f}",
+                    )
+
+            tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                raise
+        return results
+
+    def complete(self, requests: Iterable[Request], **kwargs) -> list[Response]:
+        """Synchronous wrapper; see `acomplete`."""
+
+        async def main() -> list[Response]:
+            try:
+                return await self.acomplete(requests, **kwargs)
+            finally:
+                await self.backend.aclose()
+
+        return asyncio.run(main())
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def make_backend(cfg: LLMConfig) -> Backend:
+    if cfg.backend == "embedded":
+        from tinystories.llm.embedded import EmbeddedBackend
+
+        return EmbeddedBackend(cfg)
+    if cfg.backend == "openai":
+        from tinystories.llm.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(cfg)
+    raise UserError(f"llm.backend: unknown backend {cfg.backend!r}; use embedded or openai")
+
+
+def make_client(cfg: LLMConfig, cache_dir=None, backend: Backend | None = None) -> LLMClient:
+    """The one way stages get an LLM: `make_client(cfg.llm_for("generate"), rundir.path("cache/llm"))`."""
+    return LLMClient(cfg, backend or make_backend(cfg), ResponseCache(cache_dir))
