@@ -160,6 +160,7 @@ class RunDir:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self.force = False  # set by the executor: --force asks a resumable stage to start over
 
     def path(self, rel: str) -> Path:
         return self.root / rel

@@ -21,7 +21,7 @@ from tinystories.errors import UserError
 from tinystories.rundir import RunDir, now_iso, sha256_path
 
 # Pipeline order. `tinystories run` walks this list.
-STAGE_MODULES: list[str] = []
+STAGE_MODULES: list[str] = ["vocab", "generate", "import_stories", "tokenizer", "prepare", "pretrain", "instruct_data", "sft", "complete", "judge"]
 
 _PACKAGES = ("tinystories", "torch", "transformers", "tokenizers", "accelerate", "llama_cpp_python", "openai", "datasketch")
 
@@ -137,6 +137,8 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
     logger.addHandler(handler)
     logger.info("stage %s started (config %s)", stage.name, config_hash[:12])
     t0 = time.time()
+    # A stage that resumes its own partial work (pretrain) must know that --force asked it to start over.
+    rundir.force = force
     try:
         metrics = stage.run(cfg, rundir)
     except BaseException as exc:

@@ -77,6 +77,10 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class RequestError(Exception):
+    """This one request cannot be answered (e.g. 400: prompt too long); recorded as its failure, not retried."""
+
+
 class Backend(Protocol):
     name: str  # "embedded" | "openai" | ...
     max_concurrency: int  # the most requests it can serve at once (1 for in-process llama.cpp)
@@ -85,6 +89,7 @@ class Backend(Protocol):
         """Everything about the backend that changes answers (model name, weights hash): part of the cache key."""
 
     async def generate(self, request: Request) -> RawResult:
-        """One call. Raise TransientError for retryable failures; UserError for a setup problem."""
+        """One call. Raise TransientError for retryable failures, RequestError when only this request
+        is bad, UserError for a setup problem (stops the job)."""
 
     async def aclose(self) -> None: ...

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from tinystories.errors import UserError
-from tinystories.llm.base import Backend, RawResult, Reject, Request, Response, TransientError
+from tinystories.llm.base import Backend, RawResult, Reject, Request, RequestError, Response, TransientError
 from tinystories.llm.cache import ResponseCache, cache_key
 from tinystories.llm.config import LLMConfig
 from tinystories.progress import progress_bar
@@ -55,7 +55,8 @@ class Stats:
 
 
 class RateLimiter:
-    """Requests-per-minute as even spacing, tokens-per-minute as a refilling bucket."""
+    """Requests-per-minute as even spacing, tokens-per-minute as a refilling bucket, and a shared
+    pause: when the server says Retry-After, every worker holds off, not just the one that was told."""
 
     def __init__(self, requests_per_minute: float, tokens_per_minute: float):
         self._interval = 60.0 / requests_per_minute if requests_per_minute > 0 else 0.0
@@ -63,9 +64,15 @@ class RateLimiter:
         self._next_slot = 0.0
         self._tokens = tokens_per_minute
         self._refilled = time.monotonic()
+        self._paused_until = 0.0
         self._lock = asyncio.Lock()
 
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
     async def acquire(self, tokens: int) -> None:
+        while (wait := self._paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
         if not self._interval and not self._tpm:
             return
         async with self._lock:
@@ -91,7 +98,7 @@ class LLMClient:
     def __init__(self, cfg: LLMConfig, backend: Backend, cache: ResponseCache | None = None):
         self.cfg = cfg
         self.backend = backend
-        self.cache = cache or ResponseCache(None)
+        self.cache = cache if cache is not None else ResponseCache(None)  # not `or`: an empty cache has len 0, so is falsy
         self.stats = Stats()
         self._identity = backend.identity()
 
@@ -121,10 +128,16 @@ class LLMClient:
                 if retries >= self.cfg.max_retries:
                     raise TransientError(f"gave up after {retries} retries: {exc or 'timeout'}") from None
                 retry_after = getattr(exc, "retry_after", None)
-                delay = retry_after if retry_after is not None else self.cfg.backoff_s * (2**retries) * (0.5 + random.random())
+                if retry_after is not None:
+                    delay = retry_after
+                    limiter.pause(retry_after)
+                else:
+                    delay = self.cfg.backoff_s * (2**retries) * (0.5 + random.random())
                 retries += 1
                 self.stats.retries += 1
-                log.warning("retry %d for %s in %.1fs: %s", retries, request.key, delay, exc or "timeout")
+                # info, not warning: retries are routine and counted in the progress bar; a warning per
+                # retry would bury the bar (and the final one-line error) under noise.
+                log.info("retry %d for %s in %.1fs: %s", retries, request.key, delay, exc or "timeout")
                 await asyncio.sleep(delay)
                 continue
             latency = time.monotonic() - t0
@@ -144,6 +157,9 @@ class LLMClient:
                 raw, cached, retries, latency = await self._call(attempt_request, limiter)
             except TransientError as exc:
                 last_reason = f"transport: {exc}"
+                break
+            except RequestError as exc:
+                last_reason = f"request: {exc}"
                 break
             total_retries += retries
             response = Response(
@@ -214,6 +230,7 @@ class LLMClient:
                     bar.advance(
                         1,
                         failed=self.stats.failed,
+                        retries=self.stats.retries,
                         cached=self.stats.cache_hits,
                         tok_s=f"{self.stats.generated_tokens_live / elapsed:.1f}",
                     )

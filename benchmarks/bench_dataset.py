@@ -1,0 +1,225 @@
+"""Throughput of the dataset filters + dedup, and the embedded model's stories per hour.
+
+    .venv/bin/python benchmarks/bench_dataset.py [--stories 100000] [--no-embedded]
+
+Builds synthetic stories (150-250 words of common English, written from a shared pool of
+sentences the way LLM stories reuse phrases, with 3% exact and 3% near duplicates mixed in),
+runs them through StoryFilter and Deduper in batches as the import stage does, and prints:
+  - filter and dedup seconds, and stories/s for both together (target: >= 20,000/s);
+  - the reference measured in the same run: datasketch MinHash + MinHashLSH on a sample,
+    with the same num_perm and threshold, and the speed ratio of ours to it;
+  - recall of the injected duplicates, and the dedup index's memory per story;
+  - with the embedded backend installed: smollm2-135m tokens/s on two real story prompts,
+    and the stories/hour that implies at the paper's ~300 tokens per story.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from tinystories import filters as F  # noqa: E402
+
+TOKENS_PER_STORY = 300  # a 3-5 paragraph TinyStories story is ~200 words, ~300 tokens
+
+
+def make_corpus(n: int, seed: int = 0) -> tuple[list[str], list[dict], dict]:
+    from wordfreq import top_n_list
+
+    from tinystories.vocab import load_vocabulary
+
+    rng = np.random.default_rng(seed)
+    vocab = [w for w in top_n_list("en", 3000) if w.isalpha()][100:2600]
+    shipped = load_vocabulary()  # the prompt words come from the shipped list, as in a real run
+    pool = []
+    for _ in range(20000):
+        words = rng.choice(vocab, size=int(rng.integers(6, 13)))
+        pool.append(" ".join(words).capitalize() + ".")
+    names = ["Lily", "Tim", "Ben", "Sue", "Max", "Mia", "Sam", "Amy", "Tom", "Zoe"]
+    texts, words_req = [], []
+    truth = {"exact": 0, "near": 0}
+    for i in range(n):
+        r = rng.random()
+        if i > 100 and r < 0.03:
+            j = int(rng.integers(0, i - 1))
+            texts.append(texts[j].upper().replace(",", ""))
+            words_req.append(words_req[j])
+            truth["exact"] += 1
+            continue
+        if i > 100 and r < 0.06:
+            j = int(rng.integers(0, i - 1))
+            toks = texts[j].split()
+            k = int(rng.integers(5, len(toks) - 5))
+            toks[k] = "banana"  # one word in ~200: Jaccard of 5-shingles ~ 0.95
+            texts.append(" ".join(toks))
+            words_req.append(words_req[j])
+            truth["near"] += 1
+            continue
+        name = names[int(rng.integers(len(names)))]
+        noun, verb, adj = (shipped[c][int(rng.integers(len(shipped[c])))] for c in ("nouns", "verbs", "adjectives"))
+        sents = [f"Once upon a time, there was a {adj} {noun} named {name}.", f"{name} liked to {verb}."]
+        length = int(rng.integers(150, 251))
+        count = sum(len(s.split()) for s in sents)
+        while count < length:
+            s = pool[int(rng.integers(len(pool)))]
+            sents.append(s)
+            count += len(s.split())
+        texts.append(" ".join(sents))
+        words_req.append({"noun": noun, "verb": verb, "adjective": adj})
+    return texts, words_req, truth
+
+
+def run_ours(texts, words_req, opts: F.FilterOptions, batch: int = 1024) -> dict:
+    flt = F.StoryFilter(opts)
+    dd = F.Deduper(opts.dedup, opts.dedup_threshold, opts.num_perm, opts.shingle_size)
+    # warm the caches (inflections of the vocabulary, wordlists) outside the clock: after its
+    # first few thousand stories a long run has them all
+    from tinystories.vocab import load_vocabulary
+
+    vocab = load_vocabulary()
+    for c, pos in (("nouns", "noun"), ("verbs", "verb"), ("adjectives", "adjective")):
+        for w in vocab[c]:
+            F.inflections(w, pos)
+    flt.check(texts[0], "stop", words_req[0])
+    t_filter = t_dedup = 0.0
+    reasons: dict[str, int] = {}
+    for start in range(0, len(texts), batch):
+        t0 = time.perf_counter()
+        passed = []
+        for i in range(start, min(start + batch, len(texts))):
+            v = flt.check(texts[i], "stop", words_req[i])
+            if v.reason:
+                reasons[v.reason] = reasons.get(v.reason, 0) + 1
+            else:
+                passed.append((str(i), v.tokens))
+        t1 = time.perf_counter()
+        for dup in dd.process(passed):
+            if dup:
+                reasons[dup[0]] = reasons.get(dup[0], 0) + 1
+        t_dedup += time.perf_counter() - t1
+        t_filter += t1 - t0
+    return {"filter_s": t_filter, "dedup_s": t_dedup, "reasons": reasons, "kept": len(dd)}
+
+
+def run_datasketch(texts, opts: F.FilterOptions, n: int) -> float:
+    """The reference: datasketch MinHash (sha1 per shingle, num_perm permutations) + MinHashLSH."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=opts.dedup_threshold, num_perm=opts.num_perm)
+    k = opts.shingle_size
+    t0 = time.perf_counter()
+    for i, text in enumerate(texts[:n]):
+        toks = F.tokenize(text)
+        m = MinHash(num_perm=opts.num_perm)
+        m.update_batch([" ".join(toks[j : j + k]).encode() for j in range(max(1, len(toks) - k + 1))])
+        if not lsh.query(m):
+            lsh.insert(str(i), m)
+    return n / (time.perf_counter() - t0)
+
+
+def index_bytes_per_story(texts, opts: F.FilterOptions, n: int) -> float:
+    toks = [F.tokenize(t) for t in texts[:n]]
+    dd = F.Deduper(opts.dedup, opts.dedup_threshold, opts.num_perm, opts.shingle_size)
+    dd.process([(str(i), toks[i]) for i in range(200)])  # word-hash cache and arrays warm
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for s in range(200, n, 1024):
+        dd.process([(f"g{i:07d}", toks[i]) for i in range(s, min(s + 1024, n))])
+    dd._sigs = dd._sigs[: len(dd)].copy()  # count the rows in use, not the doubling slack
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / max(1, len(dd) - 200)
+
+
+def embedded_tokens_per_s() -> dict | None:
+    try:
+        import llama_cpp  # noqa: F401
+
+        import tinystories.llm.embedded  # noqa: F401
+    except Exception as exc:  # not installed: report, do not fail
+        print(f"embedded backend unavailable ({exc}); skipping stories/hour")
+        return None
+    from tinystories.generate import render_prompt
+    from tinystories.llm import LLMConfig, Request, make_client
+
+    client = make_client(LLMConfig(backend="embedded", model="smollm2-135m", max_attempts=1), None)
+    reqs = [
+        Request(key=str(i), messages=({"role": "user", "content": render_prompt(w, f)},), max_tokens=64, temperature=1.0, seed=i)
+        for i, (w, f) in enumerate(
+            [({"noun": "ball", "verb": "jump", "adjective": "red"}, ["Dialogue"]), ({"noun": "cake", "verb": "share", "adjective": "happy"}, [])]
+        )
+    ]
+    out = client.complete(reqs, validate=lambda r: r.text)
+    client.close()
+    tokens = sum(r.completion_tokens for r in out)
+    seconds = sum(r.latency_s for r in out)
+    return {"tokens": tokens, "seconds": round(seconds, 2), "tok_s": tokens / seconds if seconds else 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stories", type=int, default=100_000)
+    ap.add_argument("--reference", type=int, default=5_000, help="stories for the datasketch reference")
+    ap.add_argument("--no-embedded", action="store_true")
+    args = ap.parse_args()
+
+    opts = F.FilterOptions()
+    t0 = time.perf_counter()
+    texts, words_req, truth = make_corpus(args.stories)
+    words = [len(t.split()) for t in texts]
+    print(f"corpus: {len(texts)} stories, words mean {np.mean(words):.0f} (min {min(words)}, max {max(words)}), "
+          f"injected {truth['exact']} exact + {truth['near']} near duplicates, built in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+
+    ours = run_ours(texts, words_req, opts)
+    total_s = ours["filter_s"] + ours["dedup_s"]
+    rate = len(texts) / total_s
+    print(f"filter: {ours['filter_s']:.2f}s ({len(texts) / ours['filter_s']:,.0f} stories/s)")
+    print(f"dedup:  {ours['dedup_s']:.2f}s ({len(texts) / ours['dedup_s']:,.0f} stories/s), num_perm {opts.num_perm}, "
+          f"threshold {opts.dedup_threshold}, shingles of {opts.shingle_size} words")  # fmt: skip
+    print(f"filter + dedup: {rate:,.0f} stories/s (target 20,000)")
+    print(f"outcome: kept {ours['kept']}, {ours['reasons']}")
+    recall_exact = ours["reasons"].get("duplicate", 0) / truth["exact"] if truth["exact"] else 1.0
+    recall_near = ours["reasons"].get("near_duplicate", 0) / truth["near"] if truth["near"] else 1.0
+    print(f"duplicate recall: exact {recall_exact:.3f}, near {recall_near:.3f}")
+
+    ours_dedup_rate = len(texts) / ours["dedup_s"]
+    ref = run_datasketch(texts, opts, min(args.reference, len(texts)))
+    print(f"reference datasketch MinHash+MinHashLSH (dedup only, {min(args.reference, len(texts))} stories): {ref:,.0f} stories/s; "
+          f"ours is {ours_dedup_rate / ref:.1f}x")  # fmt: skip
+
+    per_story = index_bytes_per_story(texts, opts, min(30_000, len(texts)))
+    print(f"dedup index memory: {per_story:,.0f} bytes per kept story ({per_story * 1e6 / 2**30:.2f} GiB per million)")
+
+    result = {
+        "filter_dedup_stories_s": round(rate),
+        "filter_stories_s": round(len(texts) / ours["filter_s"]),
+        "dedup_stories_s": round(ours_dedup_rate),
+        "datasketch_dedup_stories_s": round(ref),
+        "dedup_speedup_vs_datasketch": round(ours_dedup_rate / ref, 2),
+        "near_duplicate_recall": round(recall_near, 4),
+        "exact_duplicate_recall": round(recall_exact, 4),
+        "dedup_index_bytes_per_story": round(per_story),
+        "embedded_stories_per_hour": None,
+    }
+    if not args.no_embedded:
+        emb = embedded_tokens_per_s()
+        if emb:
+            sph = emb["tok_s"] * 3600 / TOKENS_PER_STORY
+            print(f"embedded smollm2-135m: {emb['tokens']} tokens in {emb['seconds']}s = {emb['tok_s']:.1f} tok/s "
+                  f"-> {sph:,.0f} stories/hour at {TOKENS_PER_STORY} tokens/story (one process, before rejections)")  # fmt: skip
+            result["embedded_tokens_per_s"] = round(emb["tok_s"], 2)
+            result["embedded_stories_per_hour"] = round(sph)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

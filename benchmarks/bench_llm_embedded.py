@@ -1,0 +1,118 @@
+"""Generation speed of the embedded backend against bare llama-cpp-python, in the same run.
+
+    .venv/bin/python benchmarks/bench_llm_embedded.py                       # smollm2-135m, 3 rounds
+    .venv/bin/python benchmarks/bench_llm_embedded.py --model qwen2.5-coder-1.5b --rounds 2
+
+Each round asks for a ~300-token story, once through EmbeddedBackend behind LLMClient (cache
+off, so every call reaches llama.cpp) and once through a plain `Llama.create_chat_completion`
+loop on the same GGUF with the same prompt, seed and sampler settings. Rounds alternate between
+the two so that load from other processes hits both alike. Each round has its own story words;
+the bare loop keeps llama-cpp-python's reuse of the prompt prefix it saw last (the shared opening
+sentence), while the backend starts every request from an empty KV cache (so an answer never
+depends on what ran before it): the ratio includes that deliberate cost.
+
+Figure: generated tokens per second of wall time (prompt processing included, model loading
+excluded). The embedded layer adds a thread hop, a lock and bookkeeping per request, so the ratio
+should be >= 0.9. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from tinystories.llm import LLMConfig, Request, make_client
+from tinystories.llm.embedded import SAMPLER, EmbeddedBackend, default_threads, llama_seed
+
+WORDS = [("jump", "ball", "happy"), ("run", "tree", "big"), ("swim", "fish", "blue"), ("sing", "bird", "little"), ("dig", "hole", "brave")]
+
+
+def prompt(i: int) -> str:
+    verb, noun, adj = WORDS[i % len(WORDS)]
+    return (
+        "Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year old child would likely understand. "
+        f'The story should use the verb "{verb}", the noun "{noun}" and the adjective "{adj}". Remember to only use simple words!'
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="a model name from the table or a .gguf path")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    args = ap.parse_args()
+    os.environ.setdefault("TINYSTORIES_NO_PROGRESS", "1")
+
+    import llama_cpp
+
+    cfg = LLMConfig(backend="embedded", model=args.model, n_ctx=args.n_ctx, n_threads=args.threads)
+    backend = EmbeddedBackend(cfg)
+    client = make_client(cfg, None, backend=backend)
+    reference = llama_cpp.Llama(
+        model_path=str(backend.model_path), n_ctx=args.n_ctx, n_threads=backend.n_threads, n_threads_batch=backend.n_threads, seed=0, verbose=False
+    )
+    settings = dict(max_tokens=args.max_tokens, temperature=0.8, top_p=0.95)
+
+    def embedded_round(i: int) -> tuple[int, float, str]:
+        request = Request(key=str(i), messages=({"role": "user", "content": prompt(i)},), seed=i, **settings)
+        t0 = time.perf_counter()
+        [response] = client.complete([request])
+        elapsed = time.perf_counter() - t0
+        if not response.ok:
+            raise SystemExit(f"embedded backend failed: {response.error}")
+        return response.completion_tokens, elapsed, response.text
+
+    def reference_round(i: int) -> tuple[int, float, str]:
+        t0 = time.perf_counter()
+        out = reference.create_chat_completion(messages=[{"role": "user", "content": prompt(i)}], seed=llama_seed(i), **settings, **SAMPLER)
+        elapsed = time.perf_counter() - t0
+        return out["usage"]["completion_tokens"], elapsed, out["choices"][0]["message"]["content"]
+
+    # Warm-up (loads the embedded model, faults in the weights for both); not timed.
+    client.complete([Request(key="warm", messages=({"role": "user", "content": "Hi"},), max_tokens=4, seed=0)])
+    reference.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4, seed=0)
+
+    totals = {"embedded": [0, 0.0], "llamacpp": [0, 0.0]}
+    same_text = 0
+    for i in range(1, args.rounds + 1):
+        # Alternate which side goes first so a burst of outside load does not favour one side.
+        order = [("embedded", embedded_round), ("llamacpp", reference_round)]
+        if i % 2 == 0:
+            order.reverse()
+        texts = {}
+        for side, fn in order:
+            tokens, elapsed, texts[side] = fn(i)
+            totals[side][0] += tokens
+            totals[side][1] += elapsed
+            print(f"round {i} {side:<9} {tokens:4d} tokens in {elapsed:6.2f}s = {tokens / elapsed:6.1f} tok/s", file=sys.stderr)
+        same_text += texts["embedded"] == texts["llamacpp"]
+
+    emb = totals["embedded"][0] / totals["embedded"][1]
+    ref = totals["llamacpp"][0] / totals["llamacpp"][1]
+    reference.close()
+    backend.close()
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "threads": backend.n_threads,
+                "machine_threads": default_threads(),
+                "rounds": args.rounds,
+                "embedded_tokens": totals["embedded"][0],
+                "llamacpp_tokens": totals["llamacpp"][0],
+                "rounds_with_identical_text": same_text,
+                "embedded_tok_s": round(emb, 2),
+                "llamacpp_tok_s": round(ref, 2),
+                "embedded_vs_llamacpp": round(emb / ref, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The `embedded` LLM backend: a small GGUF model run in-process on the CPU by llama.cpp.
+
+    tinystories llm "Write one sentence about a cat." --set llm.model=qwen2.5-coder-1.5b
+
+The default backend, so the demo needs no network and no key. The model comes from the table
+in `tinystories.llm.models` (installed as PyPI packages) or is any .gguf path.
+
+Why in-process through llama-cpp-python rather than a local server: one process, nothing to
+start or stop, and llama.cpp is the fastest CPU runtime for quantised models. One request at a
+time: llama.cpp already uses every thread for one sequence, so parallel calls would only
+contend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import threading
+from pathlib import Path
+
+from tinystories.errors import UserError
+from tinystories.llm.base import RawResult, Request, RequestError
+from tinystories.llm.config import LLMConfig
+from tinystories.llm.models import MODELS, file_sha256, is_path_like, lookup, resolve_model
+
+# llama.cpp's own sampler defaults, fixed here because they change answers (so they are part of
+# the cache identity): top_k and min_p cut the long tail that makes small models ramble.
+SAMPLER = {"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def llama_seed(seed: int) -> int:
+    # llama.cpp seeds are uint32 and 0xFFFFFFFF means "random": keep every seed deterministic.
+    seed &= 0xFFFFFFFF
+    return 0xFFFFFFFE if seed == 0xFFFFFFFF else seed
+
+
+class EmbeddedBackend:
+    name = "embedded"
+    max_concurrency = 1
+
+    def __init__(self, cfg: LLMConfig):
+        self.cfg = cfg
+        self.n_threads = cfg.n_threads or default_threads()
+        if cfg.model in MODELS or not is_path_like(cfg.model):
+            self.spec = lookup(cfg.model)  # an unknown name fails here, before any work
+            self.model_name = self.spec.name
+            self.sha256 = self.spec.sha256
+            self._path: Path | None = None  # joined lazily: a fully cached rerun needs no model at all
+        else:
+            self.spec = None
+            self._path = resolve_model(cfg.model)
+            self.model_name = self._path.name
+            self.sha256 = file_sha256(self._path)
+        self._llm = None
+        self._scorer = None
+        # A threading lock, taken inside the worker thread: if the client times a call out, its
+        # thread keeps running in llama.cpp, and no second call may enter the same context.
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, asyncio.Future] = {}
+
+    # -- the Backend protocol ----------------------------------------------------------------
+    def identity(self) -> dict:
+        return {"model": self.model_name, "gguf_sha256": self.sha256, "sampler": dict(SAMPLER)}
+
+    async def generate(self, request: Request) -> RawResult:
+        # llama.cpp cannot be interrupted mid-call. When the client gives up waiting and retries the
+        # same request, join the call already running instead of queueing a duplicate behind it.
+        key = json.dumps([request.messages, request.prompt, request.max_tokens, request.temperature, request.top_p, request.seed, request.stop])
+        future = self._in_flight.get(key)
+        if future is None or future.done() or future.get_loop() is not asyncio.get_running_loop():
+            future = asyncio.ensure_future(asyncio.to_thread(self._generate_sync, request))
+            self._in_flight[key] = future
+            future.add_done_callback(lambda f, k=key: self._in_flight.pop(k, None) if self._in_flight.get(k) is f else None)
+        return await asyncio.shield(future)
+
+    async def aclose(self) -> None:
+        # LLMClient.complete calls this after every batch; the model stays loaded for the next one.
+        # `close()` frees it.
+        pass
+
+    def close(self) -> None:
+        with self._lock:
+            for llm in (self._llm, self._scorer):
+                if llm is not None:
+                    llm.close()
+            self._llm = self._scorer = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    @property
+    def model_path(self) -> Path:
+        if self._path is None:
+            self._path = resolve_model(self.spec.name)
+        return self._path
+
+    def _load(self, logits_all: bool = False):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise UserError("llm.backend: the embedded backend needs llama-cpp-python; run `make setup` or pip install llama-cpp-python") from None
+        try:
+            return llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.cfg.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                logits_all=logits_all,
+                seed=0,
+                verbose=False,
+            )
+        except ValueError as exc:
+            raise UserError(f"llm.model: llama.cpp could not load {self.model_path} ({exc}); check the file or pick another llm.model") from None
+
+    def _model(self):
+        if self._llm is None:
+            self._llm = self._load()
+        return self._llm
+
+    # -- generation ------------------------------------------------------------------------------
+    def _generate_sync(self, request: Request) -> RawResult:
+        with self._lock:
+            llm = self._model()
+            # Start each call from an empty KV cache: reusing a previous prompt's prefix changes
+            # batch shapes and so float rounding, and the same request must give the same answer
+            # whatever ran before it (the cache and the seeds promise that).
+            llm.reset()
+            params = dict(
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                seed=llama_seed(request.seed),
+                stop=list(request.stop) or None,
+                **SAMPLER,
+            )
+            try:
+                if self.cfg.mode == "chat":
+                    if request.messages is None:
+                        raise UserError("llm.mode: chat mode needs messages but the request has a plain prompt; set llm.mode=completion")
+                    out = llm.create_chat_completion(messages=[dict(m) for m in request.messages], **params)
+                    text = out["choices"][0]["message"]["content"] or ""
+                else:
+                    if request.prompt is None:
+                        raise UserError("llm.mode: completion mode needs a prompt but the request has chat messages; set llm.mode=chat")
+                    out = llm.create_completion(prompt=request.prompt, **params)
+                    text = out["choices"][0]["text"]
+            except ValueError as exc:
+                if "exceed context window" in str(exc):
+                    # Only this request is too long: record it as its failure, let the rest go on.
+                    raise RequestError(f"prompt does not fit llm.n_ctx={self.cfg.n_ctx} ({exc}); raise llm.n_ctx") from None
+                raise
+        usage = out.get("usage") or {}
+        return RawResult(
+            text=text,
+            finish_reason=out["choices"][0].get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            model=self.model_name,
+        )
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def token_logprobs(self, prefix: str, continuation: str) -> list[float]:
+        """log p(token | everything before it) for each token of `continuation`, given `prefix`.
+
+        Computed from raw logits, not llama-cpp-python's `echo=True` logprobs, which are shifted
+        by one position. The continuation is tokenized on its own (as a completion would be), so
+        the scores are those of exactly its tokens, whatever the prefix ends with.
+        """
+        import numpy as np
+
+        with self._lock:
+            if self._scorer is None:
+                # A second context with logits for every position; the weights are mmapped, so
+                # they are shared with the generation context, not loaded twice.
+                self._scorer = self._load(logits_all=True)
+            llm = self._scorer
+            context = llm.tokenize(prefix.encode("utf-8"), add_bos=True, special=False) if prefix else []
+            if not context:
+                bos = llm.token_bos()
+                if bos < 0:
+                    raise ValueError("token_logprobs: empty prefix and the model has no BOS token to condition on")
+                context = [bos]
+            target = llm.tokenize(continuation.encode("utf-8"), add_bos=False, special=False)
+            if not target:
+                return []
+            tokens = context + target
+            if len(tokens) > llm.n_ctx():
+                raise UserError(f"llm.n_ctx: scoring needs {len(tokens)} tokens but the context window is {llm.n_ctx()}; raise llm.n_ctx")
+            llm.reset()
+            llm.eval(tokens)
+            # Row i-1 holds the logits that predict token i.
+            rows = np.asarray(llm.scores[len(context) - 1 : len(tokens) - 1], dtype=np.float64)
+            peak = rows.max(axis=1, keepdims=True)
+            log_norm = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+            picked = rows[np.arange(len(target)), target]
+            return (picked - log_norm).tolist()
+
+    def perplexity(self, prefix: str, continuation: str) -> float:
+        """exp of the mean negative log-likelihood per token of `continuation` given `prefix`."""
+        logprobs = self.token_logprobs(prefix, continuation)
+        if not logprobs:
+            raise ValueError("perplexity: the continuation has no tokens")
+        return math.exp(-sum(logprobs) / len(logprobs))

@@ -1,0 +1,463 @@
+"""GPT-Neo for TinyStories: the size presets, a fast training module, and HF export/import.
+
+    from tinystories.model import resolve_shape, FastGPTNeo, save_hf, load_hf
+    model = FastGPTNeo(resolve_shape("8M"), vocab_size=10000)
+    loss = model(input_ids, labels=input_ids)           # HF convention: labels shifted inside
+    save_hf(model, "pretrain/8M", tokenizer_dir="tokenizer", eos_token_id=0)
+    GPTNeoForCausalLM.from_pretrained("pretrain/8M")     # the same function, HF's slow code
+
+The paper's models (Eldan & Li 2023, and the released TinyStories-* checkpoints) are GPT-Neo
+with 16 heads, alternating global/local attention with a 256-token window, trained at context
+512. Checkpoints are plain `GPTNeoForCausalLM` directories so every later stage (and anyone
+else) can load them with transformers.
+
+Why a module of our own for training: transformers' GPT-Neo runs eager attention only (it
+materialises fp32 B*H*T*T score tensors and masks them with `torch.where`), which is slow on a
+CPU and memory-hungry everywhere. `FastGPTNeo` computes exactly the same function
+(tests/test_model.py checks the logits against `GPTNeoForCausalLM` on the same weights) with:
+- `F.scaled_dot_product_attention(scale=1.0)`: GPT-Neo does not scale scores by 1/sqrt(d);
+  global layers use `is_causal=True` (the flash kernel skips the upper triangle, no mask
+  tensor), local layers a banded boolean mask (or plain causal when window >= sequence);
+- one fused QKV projection (one GEMM instead of three; q/k/v have no bias in GPT-Neo);
+- a loss that never materialises shifted copies of the logits (labels are shifted instead);
+- bf16 autocast and optional `torch.compile` (both chosen by the trainer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinystories.errors import UserError
+
+# The named sizes of the paper (hidden size, layers); everything else is shared. The names
+# count non-embedding parameters roughly, as the paper does. max_position 2048 matches the
+# released TinyStories-* checkpoints (the paper trains at context 512).
+PRESETS: dict[str, dict[str, Any]] = {
+    "1M": {"hidden_size": 64, "num_layers": 8},
+    "3M": {"hidden_size": 128, "num_layers": 8},
+    "8M": {"hidden_size": 256, "num_layers": 8},
+    "28M": {"hidden_size": 512, "num_layers": 8},
+    "33M": {"hidden_size": 768, "num_layers": 4},
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A GPT-Neo architecture without its vocabulary (that comes from the tokenizer)."""
+
+    hidden_size: int = 64  # model width d
+    num_layers: int = 8  # transformer blocks
+    num_heads: int = 16  # attention heads (hidden_size must be divisible by it)
+    window_size: int = 256  # local layers attend to the last window_size positions (self included)
+    max_position: int = 2048  # rows of the learned position table = longest usable context
+    intermediate_size: int = 0  # MLP width (0 = 4 * hidden_size, GPT-Neo's default)
+    attention: str = "global,local"  # per-layer attention types, repeated cyclically over the layers
+
+    @property
+    def ffn_size(self) -> int:
+        return self.intermediate_size or 4 * self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def attention_layers(self) -> list[str]:
+        pattern = [p.strip() for p in self.attention.split(",") if p.strip()]
+        return [pattern[i % len(pattern)] for i in range(self.num_layers)]
+
+    def problems(self, where: str = "shape") -> list[str]:
+        out = []
+        for name in ("hidden_size", "num_layers", "num_heads", "window_size", "max_position"):
+            if getattr(self, name) < 1:
+                out.append(f"{where}.{name}: must be >= 1")
+        if self.intermediate_size < 0:
+            out.append(f"{where}.intermediate_size: must be >= 0 (0 = 4 * hidden_size)")
+        if self.num_heads >= 1 and self.hidden_size % self.num_heads:
+            out.append(f"{where}: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; pick a divisor")
+        pattern = [p.strip() for p in self.attention.split(",") if p.strip()]
+        if not pattern or any(p not in ("global", "local") for p in pattern):
+            out.append(f"{where}.attention: {self.attention!r} must be a comma-separated list of 'global' and 'local'")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(Shape))
+
+
+def resolve_shape(name: str, custom: dict[str, dict] | None = None) -> Shape:
+    """A preset name, or a name defined in `custom` (name -> Shape fields)."""
+    custom = custom or {}
+    if name in custom:
+        fields = custom[name]
+        unknown = sorted(set(fields) - set(SHAPE_FIELDS))
+        if unknown:
+            raise UserError(f"pretrain.shapes.{name}: unknown field(s) {', '.join(unknown)} (known: {', '.join(SHAPE_FIELDS)})")
+        shape = Shape(**fields)
+    elif name in PRESETS:
+        shape = Shape(**PRESETS[name])
+    else:
+        known = ", ".join(list(PRESETS) + sorted(custom))
+        raise UserError(f"pretrain.sizes: unknown size {name!r}; use one of {known} or define it under pretrain.shapes")
+    problems = shape.problems(f"pretrain.shapes.{name}" if name in custom else name)
+    if problems:
+        raise UserError("; ".join(problems))
+    return shape
+
+
+def _torch():
+    import torch  # heavy: imported only when a model is built
+
+    return torch
+
+
+def build_module_classes():
+    """Define the nn.Module classes lazily so importing this module does not import torch."""
+    torch = _torch()
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, shape: Shape, kind: str):
+            super().__init__()
+            d = shape.hidden_size
+            self.kind = kind
+            self.num_heads = shape.num_heads
+            self.window = shape.window_size
+            self.ln_1 = nn.LayerNorm(d, eps=1e-5)
+            # q, k, v stacked in one [3d, d] weight: one GEMM; split apart again on export.
+            self.qkv = nn.Linear(d, 3 * d, bias=False)
+            self.out_proj = nn.Linear(d, d, bias=True)
+            self.ln_2 = nn.LayerNorm(d, eps=1e-5)
+            self.c_fc = nn.Linear(d, shape.ffn_size)
+            self.c_proj = nn.Linear(shape.ffn_size, d)
+
+        def attention(self, x, band):
+            B, T, d = x.shape
+            H = self.num_heads
+            qkv = self.qkv(x).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            if self.kind == "global" or band is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=band, scale=1.0)
+            return self.out_proj(y.transpose(1, 2).reshape(B, T, d))
+
+        def forward(self, x, band):
+            x = x + self.attention(self.ln_1(x), band)
+            return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class FastGPTNeo(nn.Module):
+        """GPT-Neo's function (see the module docstring), built for training speed."""
+
+        def __init__(self, shape: Shape, vocab_size: int):
+            super().__init__()
+            self.shape = shape
+            self.vocab_size = vocab_size
+            d = shape.hidden_size
+            self.wte = nn.Embedding(vocab_size, d)
+            self.wpe = nn.Embedding(shape.max_position, d)
+            self.h = nn.ModuleList(Block(shape, kind) for kind in shape.attention_layers)
+            self.ln_f = nn.LayerNorm(d, eps=1e-5)
+            self.reset_parameters()
+
+        def reset_parameters(self, std: float = 0.02) -> None:
+            # GPT-Neo's own initialisation (transformers' _init_weights with initializer_range 0.02).
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(m.weight, mean=0.0, std=std)
+                    if getattr(m, "bias", None) is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.LayerNorm):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+        def band_mask(self, T: int, device):
+            """Boolean mask (True = attend) for local layers, or None when it equals causal."""
+            w = self.shape.window_size
+            if w >= T:
+                return None
+            i = torch.arange(T, device=device)
+            diff = i[:, None] - i[None, :]
+            return (diff >= 0) & (diff < w)
+
+        def hidden(self, input_ids):
+            B, T = input_ids.shape
+            if T > self.shape.max_position:
+                raise ValueError(f"sequence length {T} exceeds max_position {self.shape.max_position}")
+            pos = torch.arange(T, device=input_ids.device)
+            x = self.wte(input_ids) + self.wpe(pos)
+            band = self.band_mask(T, input_ids.device) if "local" in self.shape.attention_layers else None
+            for block in self.h:
+                x = block(x, band)
+            return self.ln_f(x)
+
+        def forward(self, input_ids, labels=None, reduction: str = "mean"):
+            """Logits (B, T, V); or with `labels` (HF convention: same length as input_ids,
+            -100 = ignored, shifted inside) the cross-entropy, `mean` over counted tokens or `sum`."""
+            h = self.hidden(input_ids)
+            logits = F.linear(h, self.wte.weight)  # tied lm_head, as in GPT-Neo
+            if labels is None:
+                return logits
+            # Shift the labels, not the logits: slicing logits[:, :-1] would copy B*T*V values.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=reduction)
+
+        def num_params(self, embeddings: bool = True) -> int:
+            n = sum(p.numel() for p in self.parameters())
+            if not embeddings:
+                n -= self.wte.weight.numel() + self.wpe.weight.numel()
+            return n
+
+    return Block, FastGPTNeo
+
+
+_CLASSES: dict | None = None
+
+
+def __getattr__(name: str):
+    """`from tinystories.model import FastGPTNeo` builds the torch classes on first use (PEP 562),
+    so the presets and config checks above stay importable without importing torch."""
+    global _CLASSES
+    if name in ("FastGPTNeo", "Block"):
+        if _CLASSES is None:
+            block, fast = build_module_classes()
+            _CLASSES = {"Block": block, "FastGPTNeo": fast}
+        return _CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- flops -------------------------------------------------------------------------------------
+
+
+def train_flops_per_token(shape: Shape, vocab_size: int, context: int) -> float:
+    """Training FLOPs per token: 6 * matmul params + attention.
+
+    matmul params = layers * (4 d^2 [qkv + out] + 2 d f [MLP]) + V d [tied lm_head]; embeddings
+    lookups and position table are not matmuls. Attention per token per layer, forward:
+    2 * 2 * d * n_keys (QK^T and PV), n_keys the mean number of keys a query attends to
+    (causal: (T+1)/2, local: capped by the window); backward is 2x forward, so x3 overall.
+    """
+    d, f, L = shape.hidden_size, shape.ffn_size, shape.num_layers
+    n_matmul = L * (4 * d * d + 2 * d * f) + vocab_size * d
+    attn = 0.0
+    for kind in shape.attention_layers:
+        if kind == "local" and shape.window_size < context:
+            w = shape.window_size
+            keys = (w * (w + 1) / 2 + (context - w) * w) / context
+        else:
+            keys = (context + 1) / 2
+        attn += 3 * 4 * d * keys
+    return 6.0 * n_matmul + attn
+
+
+# --- Hugging Face export / import --------------------------------------------------------------
+
+
+def hf_config(shape: Shape, vocab_size: int, eos_token_id: int | None = None):
+    from transformers import GPTNeoConfig
+
+    layers = shape.attention_layers
+    pattern = [p.strip() for p in shape.attention.split(",") if p.strip()]
+    if len(layers) % len(pattern) == 0:
+        attention_types = [[pattern, len(layers) // len(pattern)]]
+    else:
+        attention_types = [[[kind], 1] for kind in layers]
+    return GPTNeoConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=shape.max_position,
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        attention_types=attention_types,
+        num_heads=shape.num_heads,
+        intermediate_size=shape.intermediate_size or None,
+        window_size=shape.window_size,
+        activation_function="gelu_new",
+        resid_dropout=0.0,
+        embed_dropout=0.0,
+        attention_dropout=0.0,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def shape_from_hf_config(config) -> Shape:
+    layers = list(config.attention_layers)
+    # The shortest cycle that reproduces the per-layer list.
+    for n in range(1, len(layers) + 1):
+        if all(layers[i] == layers[i % n] for i in range(len(layers))):
+            pattern = layers[:n]
+            break
+    inter = config.intermediate_size or 0
+    return Shape(
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        window_size=config.window_size,
+        max_position=config.max_position_embeddings,
+        intermediate_size=0 if inter == 4 * config.hidden_size else inter,
+        attention=",".join(pattern),
+    )
+
+
+def to_hf_state_dict(model) -> dict:
+    """FastGPTNeo parameters under GPTNeoForCausalLM's names (fused qkv split into q/k/v)."""
+    sd = {}
+    src = {k: v.detach() for k, v in model.state_dict().items()}
+    sd["transformer.wte.weight"] = src["wte.weight"]
+    sd["transformer.wpe.weight"] = src["wpe.weight"]
+    sd["transformer.ln_f.weight"] = src["ln_f.weight"]
+    sd["transformer.ln_f.bias"] = src["ln_f.bias"]
+    for i in range(model.shape.num_layers):
+        p, o = f"h.{i}.", f"transformer.h.{i}."
+        q, k, v = src[p + "qkv.weight"].chunk(3, dim=0)
+        sd[o + "attn.attention.q_proj.weight"] = q
+        sd[o + "attn.attention.k_proj.weight"] = k
+        sd[o + "attn.attention.v_proj.weight"] = v
+        sd[o + "attn.attention.out_proj.weight"] = src[p + "out_proj.weight"]
+        sd[o + "attn.attention.out_proj.bias"] = src[p + "out_proj.bias"]
+        for ln in ("ln_1", "ln_2"):
+            sd[o + f"{ln}.weight"] = src[p + f"{ln}.weight"]
+            sd[o + f"{ln}.bias"] = src[p + f"{ln}.bias"]
+        for name in ("c_fc", "c_proj"):
+            sd[o + f"mlp.{name}.weight"] = src[p + f"{name}.weight"]
+            sd[o + f"mlp.{name}.bias"] = src[p + f"{name}.bias"]
+    return sd
+
+
+def from_hf_state_dict(sd: dict, num_layers: int) -> dict:
+    torch = _torch()
+    out = {
+        "wte.weight": sd["transformer.wte.weight"],
+        "wpe.weight": sd["transformer.wpe.weight"],
+        "ln_f.weight": sd["transformer.ln_f.weight"],
+        "ln_f.bias": sd["transformer.ln_f.bias"],
+    }
+    for i in range(num_layers):
+        p, o = f"h.{i}.", f"transformer.h.{i}."
+        a = o + "attn.attention."
+        out[p + "qkv.weight"] = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]], dim=0)
+        out[p + "out_proj.weight"] = sd[a + "out_proj.weight"]
+        out[p + "out_proj.bias"] = sd[a + "out_proj.bias"]
+        for ln in ("ln_1", "ln_2"):
+            out[p + f"{ln}.weight"] = sd[o + f"{ln}.weight"]
+            out[p + f"{ln}.bias"] = sd[o + f"{ln}.bias"]
+        for name in ("c_fc", "c_proj"):
+            out[p + f"{name}.weight"] = sd[o + f"mlp.{name}.weight"]
+            out[p + f"{name}.bias"] = sd[o + f"mlp.{name}.bias"]
+    return out
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_hf(model, out_dir: str | Path, tokenizer_dir: str | Path | None = None, eos_token_id: int | None = None, extra: dict | None = None) -> None:
+    """Write `model` as a GPTNeoForCausalLM save_pretrained directory (safetensors + config.json),
+    with the tokenizer files copied in, so AutoTokenizer/AutoModelForCausalLM load it as is.
+
+    Writes into `out_dir` directly; callers wanting atomicity write to a temp dir and rename.
+    `extra` (JSON-able) goes to tinystories.json beside the weights (e.g. training settings).
+    """
+    from transformers import GPTNeoForCausalLM
+
+    torch = _torch()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = hf_config(model.shape, model.vocab_size, eos_token_id)
+    # Building the HF module costs a random init, but save_pretrained then owns the format
+    # details (tied-weight handling, metadata, config) instead of us re-implementing them.
+    hf = GPTNeoForCausalLM(config)
+    sd = {k: v.to(torch.float32).cpu().contiguous() for k, v in to_hf_state_dict(model).items()}
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"export mismatch: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws a shard-writing bar; inside a training loop it only breaks our own bar.
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        hf.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.exists():
+                shutil.copy2(src, out_dir / name)
+    if extra is not None:
+        (out_dir / "tinystories.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_hf_shape(ckpt_dir: str | Path) -> tuple[Shape, int]:
+    """(shape, vocab_size) from a checkpoint's config.json."""
+    from transformers import GPTNeoConfig
+
+    config = GPTNeoConfig.from_pretrained(str(ckpt_dir))
+    return shape_from_hf_config(config), config.vocab_size
+
+
+def load_hf(ckpt_dir: str | Path):
+    """A FastGPTNeo with the weights of a GPTNeoForCausalLM directory (ours or any GPT-Neo)."""
+    from safetensors.torch import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / "config.json").exists():
+        raise UserError(f"{ckpt_dir}: no config.json; point to a GPT-Neo save_pretrained directory (e.g. pretrain/1M)")
+    shape, vocab = read_hf_shape(ckpt_dir)
+    files = sorted(ckpt_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{ckpt_dir}: no *.safetensors weights; re-export the checkpoint")
+    sd: dict = {}
+    for f in files:
+        sd.update(load_file(str(f)))
+    model = __getattr__("FastGPTNeo")(shape, vocab)
+    model.load_state_dict(from_hf_state_dict(sd, shape.num_layers), strict=True)
+    return model
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matmul weights only; norms, biases and embeddings are not decayed."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim >= 2 and not name.startswith(("wte.", "wpe.")):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def count_params(shape: Shape, vocab_size: int) -> dict[str, int]:
+    d, f, L = shape.hidden_size, shape.ffn_size, shape.num_layers
+    per_layer = 3 * d * d + (d * d + d) + d * f + f + f * d + d + 4 * d
+    non_embedding = L * per_layer + 2 * d
+    return {
+        "params": non_embedding + vocab_size * d + shape.max_position * d,
+        "params_non_embedding": non_embedding,
+    }
+
+
+def bits_per_byte(nats_per_token: float, tokens: int, nbytes: int) -> float:
+    """Cross-entropy per UTF-8 byte in bits: comparable across tokenizers."""
+    if not nbytes:
+        return float("nan")
+    return nats_per_token * tokens / nbytes / math.log(2)

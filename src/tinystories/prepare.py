@@ -1,0 +1,411 @@
+"""Tokenize every story into uint16 train/val token files (data/train.bin, data/val.bin).
+
+    tinystories prepare --run-dir runs/quickstart [--set prepare.val_fraction=0.05]
+
+Streams data/tinystories_dataset.txt in chunks (memory stays flat on a multi-GB file),
+encodes the stories with the trained tokenizer (tokenizers' Rust encoder on all cores),
+appends the `<|endoftext|>` id after every story, and splits train/validation by story:
+exactly round(val_fraction * stories) stories, at least one, chosen with the stage's seed.
+
+A correct run writes
+  data/train.bin, data/val.bin  uint16 token ids, np.memmap-readable, every story of the
+                                dataset exactly once across the two, each followed by eos;
+  data/meta.json                vocab_size, eos_id, dtype and per split: tokens, stories and
+                                UTF-8 bytes of story text (eos and delimiters not counted),
+                                so bits/byte = nats/token * tokens / bytes / ln 2.
+meta.json is written last. A killed run keeps its partial files under hidden names and
+resumes at the last finished chunk when rerun with the same tokenizer, dataset and config.
+
+Training code reads the splits with `load_split`, then `random_batch` (training) and
+`sequential_batches` (validation) cut fixed-size sequences at load time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tinystories.errors import UserError
+from tinystories.rundir import RunDir, read_json, write_json
+
+NAME = "prepare"
+SECTION = "prepare"
+USES: tuple[str, ...] = ("tokenizer",)
+
+DATASET = "data/tinystories_dataset.txt"
+TOKENIZER_JSON = "tokenizer/tokenizer.json"
+TRAIN_BIN = "data/train.bin"
+VAL_BIN = "data/val.bin"
+META = "data/meta.json"
+SPLITS = ("train", "val")
+DTYPE = "uint16"
+DEFAULT_CONTEXT = 512
+# Stories are encoded in groups joined by <|endoftext|>: the special token splits the text
+# before pre-tokenization, so a group encodes to exactly the stories' ids with eos between
+# them, while Python touches one id list per group instead of one per story (that per-story
+# overhead cost more than the encoding itself). Groups of a split never mix with the other.
+GROUP_STORIES = 32
+
+
+@dataclass
+class Config:
+    val_fraction: float = 0.05  # share of stories held out for validation (split by story, seeded)
+    chunk_mb: float = 4.0  # MB of text read and encoded per step; peak memory is ~30x this (tokenizers' Encoding objects)
+
+    def check(self) -> list[str]:
+        problems = []
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"prepare.val_fraction: {self.val_fraction} must be between 0 and 1 (e.g. 0.05)")
+        if self.chunk_mb < 0.001:
+            problems.append(f"prepare.chunk_mb: {self.chunk_mb} must be at least 0.001 (4 is a good size)")
+        return problems
+
+
+def inputs(cfg) -> list[str]:
+    return [DATASET, TOKENIZER_JSON]
+
+
+def outputs(cfg) -> list[str]:
+    return [TRAIN_BIN, VAL_BIN, META]
+
+
+def _context(cfg) -> int:
+    # The pretrain section owns the context length; without it, the default the paper used.
+    return int(getattr(getattr(cfg, "pretrain", None), "context", DEFAULT_CONTEXT) or DEFAULT_CONTEXT)
+
+
+def _ensure_parallel_tokenizers() -> None:
+    # tokenizers encodes a batch on one core when TOKENIZERS_PARALLELISM is false (some
+    # environments set it to silence fork warnings); this stage wants every core.
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() not in ("", "1", "true", "yes", "on"):
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def run(cfg, rundir: RunDir) -> dict:
+    import numpy as np
+
+    from tinystories.config import derive_seed
+    from tinystories.progress import progress_bar
+    from tinystories.tokenizer import EOS, check_dataset, count_stories, iter_story_chunks, load_raw_tokenizer
+
+    c: Config = cfg.prepare
+    context = _context(cfg)
+    seed = derive_seed(cfg.seed, NAME)
+    dataset = rundir.path(DATASET)
+    check_dataset(dataset)
+    tok = load_raw_tokenizer(rundir)
+    eos_id = tok.token_to_id(EOS)
+    vocab_size = tok.get_vocab_size()
+    if eos_id is None:
+        raise UserError(f"{rundir.path(TOKENIZER_JSON)}: has no {EOS} token; rerun `tinystories tokenizer --run-dir {rundir.root} --force`")
+    if vocab_size > 1 << 16:
+        raise UserError(f"{rundir.path(TOKENIZER_JSON)}: vocabulary of {vocab_size} does not fit uint16; retrain with --set tokenizer.vocab_size=65536 or less")
+    _ensure_parallel_tokenizers()
+    chunk_bytes = max(1024, int(c.chunk_mb * (1 << 20)))
+
+    # Pass 1 (counting delimiters, ~1 s/GB): the story count, so the split holds an exact
+    # number of validation stories however the file is chunked; it also checks the UTF-8.
+    n_stories = count_stories(dataset, chunk_bytes)
+    if n_stories == 0:
+        raise UserError(f"{dataset}: no stories found (expected texts separated by {EOS}); regenerate or re-import the dataset")
+    n_val = max(1, round(n_stories * c.val_fraction))
+    if n_val >= n_stories:
+        raise UserError(
+            f"{dataset}: {n_stories} stories cannot be split into train and validation with prepare.val_fraction={c.val_fraction}; "
+            "add stories or lower prepare.val_fraction"
+        )
+    is_val = np.zeros(n_stories, dtype=bool)
+    is_val[np.random.default_rng(seed).choice(n_stories, size=n_val, replace=False)] = True
+
+    stat = dataset.stat()
+    identity = {
+        "dataset_size": stat.st_size,
+        "dataset_mtime_ns": stat.st_mtime_ns,
+        "tokenizer_sha256": _file_sha256(rundir.path(TOKENIZER_JSON)),
+        "seed": seed,
+        "val_fraction": c.val_fraction,
+        "stories": n_stories,
+        "group": GROUP_STORIES,
+    }
+    final = {"train": rundir.path(TRAIN_BIN), "val": rundir.path(VAL_BIN)}
+    partial = {s: p.with_name(f".{p.name}.partial") for s, p in final.items()}
+    state_path = rundir.path("data/.prepare.state.json")
+    state = _resume_state(state_path, identity, partial)
+    if state is None:
+        state = {"identity": identity, "offset": 0, "story_index": 0}
+        for s in SPLITS:
+            state[s] = {"tokens": 0, "stories": 0, "bytes": 0}
+        for p in partial.values():
+            p.unlink(missing_ok=True)
+            p.touch()
+    resumed_from = state["offset"]
+
+    def chunks() -> Iterator[tuple[dict, int, int]]:
+        # Reading, splitting and grouping run in a helper thread (see _prefetch) while the
+        # main thread waits in the encoder, which releases the GIL.
+        i = state["story_index"]
+        for stories, end in iter_story_chunks(dataset, chunk_bytes, start=state["offset"]):
+            mask = is_val[i : i + len(stories)]
+            work = {}
+            for s, want in (("train", False), ("val", True)):
+                chosen = [story for story, v in zip(stories, mask) if v == want]
+                groups = [EOS.join(chosen[k : k + GROUP_STORIES]) + EOS for k in range(0, len(chosen), GROUP_STORIES)]
+                work[s] = (groups, len(chosen), sum(len(story.encode("utf-8")) for story in chosen))
+            i += len(stories)
+            yield work, i, end
+
+    t0 = time.monotonic()
+    encoded_bytes = 0
+    files = {s: open(partial[s], "r+b") for s in SPLITS}
+    try:
+        for s in SPLITS:
+            files[s].truncate(state[s]["tokens"] * 2)
+            files[s].seek(state[s]["tokens"] * 2)
+        with progress_bar("prepare: tokenizing", total=max(1, math.ceil(stat.st_size / 1e6)), unit="MB") as bar, contextlib.closing(
+            _prefetch(chunks())
+        ) as work_items:
+            bar.set(state["offset"] / 1e6)
+            for work, story_index, end in work_items:
+                for s, (groups, n_chosen, n_bytes) in work.items():
+                    if not groups:
+                        continue
+                    encs = tok.encode_batch_fast(groups, add_special_tokens=False)
+                    ids = np.concatenate([np.array(e.ids, dtype=np.uint16) for e in encs])
+                    files[s].write(ids.tobytes())
+                    st = state[s]
+                    st["tokens"] += int(ids.size)
+                    st["stories"] += n_chosen
+                    st["bytes"] += n_bytes
+                    encoded_bytes += n_bytes
+                state["story_index"] = story_index
+                state["offset"] = end
+                # Data first, then the state that vouches for it: a kill between the two only
+                # means a chunk is encoded again (the files are truncated back on resume).
+                for f in files.values():
+                    f.flush()
+                    os.fsync(f.fileno())
+                write_json(state_path, state)
+                bar.set(end / 1e6, stories=story_index)
+    finally:
+        for f in files.values():
+            f.close()
+    wall = time.monotonic() - t0
+
+    def discard() -> None:
+        for p in partial.values():
+            p.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
+
+    if state["story_index"] != n_stories:  # the file changed while we read it
+        discard()
+        raise UserError(f"{dataset}: changed while it was being tokenized; rerun `tinystories prepare` when nothing writes to it")
+    for s in SPLITS:
+        if state[s]["tokens"] < context + 1:
+            discard()
+            raise UserError(
+                f"prepare: the {s} split has {state[s]['tokens']} tokens, fewer than one training sequence of "
+                f"pretrain.context+1={context + 1}; add stories, adjust prepare.val_fraction (now {c.val_fraction}) "
+                "or lower pretrain.context"
+            )
+
+    # meta.json goes last and an old one goes first, so a meta.json never describes other bins.
+    rundir.path(META).unlink(missing_ok=True)
+    for s in SPLITS:
+        _fsync(partial[s])
+        os.replace(partial[s], final[s])
+    meta = {
+        "vocab_size": vocab_size,
+        "eos_id": eos_id,
+        "dtype": DTYPE,
+        "seed": seed,
+        "val_fraction": c.val_fraction,
+        "tokenizer_sha256": identity["tokenizer_sha256"],
+        "bytes_note": "bytes = UTF-8 bytes of the story texts, eos not counted; bits/byte = nats/token * tokens / bytes / ln 2",
+    }
+    for s in SPLITS:
+        st = state[s]
+        meta[s] = {**st, "tokens_per_byte": round(st["tokens"] / max(1, st["bytes"]), 6)}
+    write_json(rundir.path(META), meta)
+    state_path.unlink(missing_ok=True)
+
+    total_tokens = state["train"]["tokens"] + state["val"]["tokens"]
+    return {
+        "stories": n_stories,
+        "train_stories": state["train"]["stories"],
+        "val_stories": state["val"]["stories"],
+        "train_tokens": state["train"]["tokens"],
+        "val_tokens": state["val"]["tokens"],
+        "tokens_per_story": round(total_tokens / n_stories, 2),
+        "bytes_per_token": round((state["train"]["bytes"] + state["val"]["bytes"]) / max(1, total_tokens), 4),
+        "resumed_from_byte": resumed_from,
+        "wall_s": round(wall, 3),
+        "mb_s": round(encoded_bytes / 1e6 / wall, 3) if wall > 0 else None,
+    }
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Yield from `items`, which a background thread runs up to `depth` items ahead.
+
+    Why a thread: the Python part of preparing a chunk (split, group, count bytes) would
+    otherwise leave a core idle while the Rust encoder waits for it; overlapped, both cores
+    stay busy. Errors in the thread are raised here; closing the generator stops the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+
+    thread = threading.Thread(target=worker, name="prepare-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _resume_state(state_path: Path, identity: dict, partial: dict) -> dict | None:
+    """The saved progress of an interrupted run on the same inputs, or None to start over."""
+    if not state_path.exists():
+        return None
+    try:
+        state = read_json(state_path)
+    except UserError:
+        return None
+    if state.get("identity") != identity:
+        return None
+    for s in SPLITS:
+        p = partial[s]
+        if not p.exists() or p.stat().st_size < state[s]["tokens"] * 2:
+            return None
+    return state
+
+
+# --- loading the splits for training --------------------------------------------------------
+
+
+def read_meta(rundir_or_path) -> dict:
+    """data/meta.json of a run (a RunDir, a run directory or the path of meta.json)."""
+    p = Path(rundir_or_path.root if isinstance(rundir_or_path, RunDir) else rundir_or_path)
+    path = p if p.suffix == ".json" else p / META
+    if not path.exists():
+        raise UserError(f"{path}: not found; run `tinystories prepare --run-dir {p}` first")
+    return read_json(path)
+
+
+def load_split(rundir_or_path, split: str):
+    """The token ids of a split ("train" or "val") as a read-only 1-D np.memmap of uint16."""
+    import numpy as np
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    meta = read_meta(rundir_or_path)
+    p = Path(rundir_or_path.root if isinstance(rundir_or_path, RunDir) else rundir_or_path)
+    root = p.parent.parent if p.suffix == ".json" else p
+    path = root / (TRAIN_BIN if split == "train" else VAL_BIN)
+    if not path.exists():
+        raise UserError(f"{path}: not found; run `tinystories prepare --run-dir {root} --force`")
+    data = np.memmap(path, dtype=np.dtype(meta.get("dtype", DTYPE)), mode="r")
+    if data.size != meta[split]["tokens"]:
+        raise UserError(f"{path}: holds {data.size} tokens but meta.json says {meta[split]['tokens']}; rerun `tinystories prepare --run-dir {root} --force`")
+    return data
+
+
+def _check_len(data, context: int) -> None:
+    if len(data) < context + 1:
+        raise UserError(
+            f"token split of {len(data)} tokens is shorter than pretrain.context+1={context + 1}; "
+            "lower pretrain.context or prepare more stories"
+        )
+
+
+def random_batch(data, batch_size: int, context: int, generator=None):
+    """(x, y) int64 tensors of shape (batch_size, context): windows at uniformly random offsets.
+
+    y is x shifted by one token. Windows cross story boundaries (eos separates stories),
+    as in GPT pretraining. Pass a seeded `torch.Generator` for reproducible batches.
+    """
+    import numpy as np
+    import torch
+
+    _check_len(data, context)
+    starts = torch.randint(len(data) - context, (batch_size,), generator=generator).tolist()
+    block = np.stack([np.asarray(data[i : i + context + 1], dtype=np.int64) for i in starts])
+    block = torch.from_numpy(block)
+    return block[:, :-1], block[:, 1:]
+
+
+def sequential_batches(data, batch_size: int, context: int, max_batches: int | None = None) -> Iterator:
+    """Deterministic (x, y) batches over consecutive non-overlapping windows, for validation.
+
+    Window k covers tokens [k*context, (k+1)*context] (the +1 is the last target); the tail
+    shorter than a full window is left out; the last batch may hold fewer than batch_size rows.
+    """
+    import numpy as np
+    import torch
+
+    _check_len(data, context)
+    n_windows = (len(data) - 1) // context
+    done = 0
+    for b0 in range(0, n_windows, batch_size):
+        if max_batches is not None and done >= max_batches:
+            return
+        rows = [np.asarray(data[k * context : (k + 1) * context + 1], dtype=np.int64) for k in range(b0, min(n_windows, b0 + batch_size))]
+        block = torch.from_numpy(np.stack(rows))
+        yield block[:, :-1], block[:, 1:]
+        done += 1
+
+
+def bits_per_byte(nats_per_token: float, meta: dict, split: str = "val") -> float:
+    """Convert a loss in nats/token on a split to bits per UTF-8 byte of its story text."""
+    st = meta[split]
+    return nats_per_token * st["tokens"] / st["bytes"] / math.log(2)

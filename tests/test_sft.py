@@ -1,0 +1,263 @@
+import json
+
+import pytest
+
+from tinystories import sft
+from tinystories.tokenizer import save_tokenizer, train_tokenizer, wrap_fast
+
+STORIES = [
+    'Once upon a time, Tom found a red ball in the park. He was very happy. "Look!" said Tom.',
+    "Lily liked to jump. One day she saw a big dog. The dog wanted to play, so they played all day.",
+    "Ben had a small boat. He put it in the water. The boat went far away and Ben was sad.",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    text = STORIES * 10 + ["### Instruction:\nWords: jump, ball, happy\n\n### Response:\n"] * 5
+    return wrap_fast(train_tokenizer(iter(text), vocab_size=330, min_frequency=1))
+
+
+def test_masking_matches_hand_computed_ids(tokenizer):
+    instruction = "Words: jump, ball, happy\nFeatures: Dialogue"
+    story = STORIES[0]
+    eos = tokenizer.eos_token_id
+    prompt_ids = tokenizer.encode("### Instruction:\n" + instruction + "\n\n### Response:\n", add_special_tokens=False)
+    story_ids = tokenizer.encode(story, add_special_tokens=False)
+    examples, counts = sft.encode_pairs(tokenizer, [{"instruction": instruction, "story": story, "id": 1}], context=512)
+    inp, lab = sft.collate(examples + [sft.build_example([7, 8], [9], eos, 512)], pad_id=eos)  # a shorter second row pads the first
+    ids, labels = inp[0].tolist(), lab[0].tolist()
+    assert ids == prompt_ids + story_ids + [eos]
+    assert labels == [-100] * len(prompt_ids) + story_ids + [eos]
+    assert lab[1].tolist() == [-100, -100, 9, eos] + [-100] * (len(ids) - 4)
+    assert inp[1].tolist() == [7, 8, 9, eos] + [eos] * (len(ids) - 4)
+    # The marker is the last thing masked: the first supervised label is the story's first token.
+    first = labels.index(story_ids[0])
+    assert tokenizer.decode(ids[:first]).endswith("### Response:\n") and first == len(prompt_ids)
+    assert tokenizer.decode(ids) == sft.prompt_text(instruction) + story + "<|endoftext|>"
+    assert counts["supervised_tokens"] == len(story_ids) + 1 and counts["skipped_no_supervised_token"] == 0
+
+
+def test_context_cut_and_skip(tokenizer):
+    eos = tokenizer.eos_token_id
+    p, s = [5, 6, 7], [8, 9, 10, 11]
+    ex = sft.build_example(p, s, eos, 5)
+    assert ex[0].tolist() == [5, 6, 7, 8, 9] and sft.labels_of(ex) == [-100, -100, -100, 8, 9]
+    ex = sft.build_example(p, s, eos, 8)
+    assert ex[0].tolist() == [5, 6, 7, 8, 9, 10, 11, eos] and sft.labels_of(ex) == [-100, -100, -100, 8, 9, 10, 11, eos]
+    assert sft.build_example(p, s, eos, 3) is None  # the prompt fills the context: nothing to learn
+    long_instruction = "Summary: " + " ".join(["Tom found a red ball."] * 40)
+    pairs = [{"instruction": long_instruction, "story": STORIES[1], "id": 1}, {"instruction": "Words: a, b, c", "story": STORIES[2], "id": 2}]
+    examples, counts = sft.encode_pairs(tokenizer, pairs, context=48)
+    assert counts["skipped_no_supervised_token"] == 1 and examples[0] is None
+    assert counts["truncated"] == 1 and len(examples[1][0]) == 48
+    assert counts["supervised_tokens"] == sum(t != -100 for t in sft.labels_of(examples[1]))
+
+
+def test_collate_pads_inputs_and_masks_padding(tokenizer):
+    import numpy as np
+
+    batch = [(np.array([1, 2, 3, 4]), 2), (np.array([5, 6]), 1)]
+    inp, lab = sft.collate(batch, pad_id=0)
+    assert inp.tolist() == [[1, 2, 3, 4], [5, 6, 0, 0]]
+    assert lab.tolist() == [[-100, -100, 3, 4], [-100, 6, -100, -100]]
+    assert sft.supervised_fraction(lab) == pytest.approx(3 / 6)
+
+
+def test_val_split_is_seeded_by_story():
+    ids = [f"g{i:07d}" for i in range(2000)]
+    a = sft.val_story_ids(ids, 7, 0.1)
+    assert len(a) == 200 and a <= set(ids)
+    assert a == sft.val_story_ids(list(reversed(ids)) + ids[:50], 7, 0.1)  # order and repeats do not matter
+    assert a != sft.val_story_ids(ids, 8, 0.1)
+    assert len(sft.val_story_ids(ids[:3], 7, 0.01)) == 1  # at least one held-out story
+    assert sft.val_story_ids(ids[:1], 7, 0.5) == set() and sft.val_story_ids(ids, 7, 0.0) == set()
+
+
+# -- training ------------------------------------------------------------------------------------
+
+TINY = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "window_size": 8, "max_position": 256}
+
+
+def make_base(tmp_path, tokenizer):
+    """A random tiny GPT-Neo exported as a HF checkpoint with the tokenizer: a stand-in pretrain/<size>."""
+    import torch
+
+    from tinystories.model import FastGPTNeo, Shape, save_hf
+
+    tok_dir = tmp_path / "tok"
+    save_tokenizer(tokenizer.backend_tokenizer, tok_dir)
+    torch.manual_seed(0)
+    model = FastGPTNeo(Shape(**TINY), len(tokenizer))
+    base = tmp_path / "base"
+    save_hf(model, base, tokenizer_dir=tok_dir, eos_token_id=tokenizer.eos_token_id)
+    return base
+
+
+def test_trainer_loss_is_response_only_cross_entropy(tmp_path, tokenizer):
+    """The loss the shared trainer logs for step 1 equals cross-entropy over the story tokens
+    of that batch, computed by hand from transformers' GPT-Neo logits."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import GPTNeoForCausalLM
+
+    from tinystories.model import load_hf
+    from tinystories.trainer import TrainSettings, train
+
+    base = make_base(tmp_path, tokenizer)
+    pairs = [{"instruction": f"Words: jump, ball, happy\nSentence: {s.split('.')[0]}.", "story": s, "id": i} for i, s in enumerate(STORIES)]
+    examples, _ = sft.encode_pairs(tokenizer, pairs, context=256)
+    batches = sft.PairBatches(examples, batch_size=3, grad_accum=1, seed=5, pad_id=tokenizer.eos_token_id)
+    settings = TrainSettings(max_steps=1, batch_size=3, context=256, lr=1e-3, min_lr=1e-4, warmup_steps=0, eval_interval=0, eval_batches=0, checkpoint_interval=0, log_interval=1, dtype="fp32", seed=1)
+    out = tmp_path / "out"
+    train(load_hf(base), settings, out, batches, None, tokenizer_dir=base, eos_token_id=tokenizer.eos_token_id, stage="sft")
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+
+    x, y = batches.batch(0, 0, 0, 1)
+    assert (y != -100).sum() < (x != tokenizer.eos_token_id).sum()  # the prompt really is masked
+    hf = GPTNeoForCausalLM.from_pretrained(base).eval()
+    with torch.no_grad():
+        logits = hf(x).logits
+    losses = []
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1] - 1):
+            if y[b, t + 1] != -100:
+                losses.append(-F.log_softmax(logits[b, t].double(), -1)[y[b, t + 1]])
+    manual = torch.stack(losses).mean().item()
+    assert logged == pytest.approx(manual, rel=1e-4)
+
+
+def _sft_config(tmp_path, **sft_opts):
+    import yaml
+
+    conf = {
+        "seed": 7,
+        "pretrain": {
+            "sizes": ["tiny"], "shapes": {"tiny": dict(TINY)}, "context": 32, "batch_size": 4, "max_steps": 3,
+            "warmup_steps": 1, "eval_interval": 3, "eval_batches": 1, "checkpoint_interval": 0, "log_interval": 1, "dtype": "fp32",
+        },
+        "instruct_data": {"sets_per_story": 2},
+        "sft": {"epochs": 1, "batch_size": 2, "context": 200, "lr": 3e-3, "min_lr": 3e-4, "eval_interval": 2, "log_interval": 1,
+                "checkpoint_interval": 2, "dtype": "fp32", "samples": 2, "sample_tokens": 12, "val_fraction": 0.2, **sft_opts},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+@pytest.fixture
+def pretrained_run(tmp_path, monkeypatch):
+    """stories.jsonl -> instruct-data (scripted LLM summaries) -> tokenizer + bins -> pretrain (tiny)."""
+    from fake_llm import ScriptedBackend
+    from pretrain_fixtures import make_run_dir
+    from test_instruct_data import summary_reply, write_stories
+
+    from tinystories.cli import main
+
+    run = tmp_path / "run"
+    write_stories(run, n=6)
+    backend = ScriptedBackend(summary_reply)
+    monkeypatch.setattr("tinystories.llm.client.make_backend", lambda cfg: backend)
+    cfg = _sft_config(tmp_path)
+    assert main(["instruct-data", "--run-dir", str(run), "--config", str(cfg)]) == 0
+    stories = [json.loads(line)["story"] for line in open(run / "data" / "stories.jsonl")]
+    make_run_dir(run, stories=stories + [sft.prompt_text("Words: jump, ball, shiny")], repeats=12, vocab_size=300)
+    assert main(["pretrain", "--run-dir", str(run), "--config", str(cfg)]) == 0
+    return run, cfg
+
+
+def test_end_to_end_sft_checkpoint_loads_and_follows_the_format(pretrained_run, capsys):
+    import torch
+    from transformers import AutoTokenizer, GPTNeoForCausalLM
+
+    from tinystories.cli import main
+    from tinystories.rundir import RunDir
+
+    run, cfg = pretrained_run
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg)]) == 0
+    out = run / "sft" / "tiny"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "samples.json", "tinystories.json"):
+        assert (out / name).exists(), name
+    m = RunDir(run).stage_record("sft")["metrics"]["tiny"]
+    assert m["pairs_train"] + m["pairs_val"] == 12 and m["pairs_val"] >= 2
+    assert m["steps"] == 5  # ceil(1 epoch * 10 train pairs / batch 2)
+    assert 0 < m["supervised_fraction"]["min"] <= m["supervised_fraction"]["mean"] < 1
+    assert m["skipped_no_supervised_token"] == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(r["val_loss"] > 0 for r in records if "val_loss" in r) and records[-1]["val_loss"] == pytest.approx(m["val_loss"])
+
+    # Every parameter moved away from the pretrained weights.
+    base = GPTNeoForCausalLM.from_pretrained(run / "pretrain" / "tiny")
+    tuned = GPTNeoForCausalLM.from_pretrained(out)
+    for (name, p0), (_, p1) in zip(base.named_parameters(), tuned.named_parameters()):
+        assert not torch.equal(p0, p1), name
+
+    # The checkpoint stands alone: its own tokenizer, generation from an instruction prompt.
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok(sft.prompt_text("Words: jump, ball, shiny\nSummary: A kid finds a ball."), return_tensors="pt").input_ids
+    gen = tuned.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert gen.shape[1] > ids.shape[1]
+    samples = json.loads((out / "samples.json").read_text())
+    assert len(samples) == 2 and all(s["instruction"] and isinstance(s["generated"], str) for s in samples)
+    assert [s["held_out"] for s in samples] == [True, False]  # one held-out story (6 x 0.2), then a training one
+
+    # Unchanged config and inputs: the stage is current and skipped.
+    capsys.readouterr()
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg)]) == 0
+    assert "sft: skipped" in capsys.readouterr().out
+
+
+def test_sft_resumes_after_a_kill_to_the_same_weights(pretrained_run, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tinystories.cli import main
+
+    run, cfg = pretrained_run
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg)]) == 0
+    straight = load_file(run / "sft" / "tiny" / "model.safetensors")
+
+    original = sft.PairBatches.batch
+
+    def dying(self, step, micro, rank, world):
+        if step == 3:  # after the checkpoint at step 2
+            raise KeyboardInterrupt
+        return original(self, step, micro, rank, world)
+
+    monkeypatch.setattr(sft.PairBatches, "batch", dying)
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg), "--force"]) == 130
+    monkeypatch.setattr(sft.PairBatches, "batch", original)
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg)]) == 0
+    out = run / "sft" / "tiny"
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    resumed = load_file(out / "model.safetensors")
+    assert all(torch_equal(straight[k], resumed[k]) for k in straight)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_bad_inputs_name_the_fix(pretrained_run, tmp_path, capsys):
+    import shutil
+
+    from tinystories.cli import main
+
+    run, cfg = pretrained_run
+    # Every prompt longer than the context: a clear error naming sft.context, never a NaN loss.
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg), "--set", "sft.context=12"]) == 2
+    err = capsys.readouterr().err
+    assert "sft.context" in err and "instruction_dataset.jsonl" in err and len(err.strip().splitlines()) == 1
+
+    shutil.rmtree(run / "pretrain" / "tiny")
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg)]) == 2
+    assert "tinystories pretrain" in capsys.readouterr().err
+
+    (run / "data" / "instruction_dataset.jsonl").unlink()
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg)]) == 2
+    assert "tinystories instruct-data" in capsys.readouterr().err
+
+    assert main(["sft", "--run-dir", str(run), "--config", str(cfg), "--set", "sft.val_fraction=1.5"]) == 2
+    assert "sft.val_fraction" in capsys.readouterr().err
