@@ -25,7 +25,7 @@ import sys
 import time
 
 from tinystories.llm import LLMConfig, Request, make_client
-from tinystories.llm.embedded import SAMPLER, EmbeddedBackend, default_threads, llama_seed
+from tinystories.llm.embedded import SAMPLER, EmbeddedBackend, default_threads, import_llama_cpp, llama_seed
 
 WORDS = [("jump", "ball", "happy"), ("run", "tree", "big"), ("swim", "fish", "blue"), ("sing", "bird", "little"), ("dig", "hole", "brave")]
 
@@ -33,7 +33,8 @@ WORDS = [("jump", "ball", "happy"), ("run", "tree", "big"), ("swim", "fish", "bl
 def prompt(i: int) -> str:
     verb, noun, adj = WORDS[i % len(WORDS)]
     return (
-        "Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year old child would likely understand. "
+        # The paper's story prompt, asking for the long end (5 paragraphs) so that most rounds run to max_tokens.
+        "Write a long story (5 paragraphs) which only uses very simple words that a 3 year old child would likely understand. "
         f'The story should use the verb "{verb}", the noun "{noun}" and the adjective "{adj}". Remember to only use simple words!'
     )
 
@@ -48,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TINYSTORIES_NO_PROGRESS", "1")
 
-    import llama_cpp
+    llama_cpp = import_llama_cpp()  # the same OpenMP settings for both sides
 
     cfg = LLMConfig(backend="embedded", model=args.model, n_ctx=args.n_ctx, n_threads=args.threads)
     backend = EmbeddedBackend(cfg)

@@ -21,12 +21,10 @@ def model_config(size: str):
     from transformers import GPTNeoConfig
 
     try:
-        from tinystories import model as model_mod  # type: ignore[attr-defined]
+        from tinystories.model import hf_config, resolve_shape
 
-        make = getattr(model_mod, "gpt_neo_config", None) or getattr(model_mod, "make_config", None)
-        if make is not None:
-            return make(size, vocab_size=10000), "tinystories.model preset"
-    except Exception:  # noqa: BLE001 - fall back to the paper's shapes below
+        return hf_config(resolve_shape(size), vocab_size=10000, eos_token_id=0), "tinystories.model preset"
+    except ImportError:  # model.py absent: the paper's shapes below
         pass
     hidden = {"1M": 64, "3M": 128, "8M": 256, "28M": 512, "33M": 768}[size]
     layers = 4 if size == "33M" else 8
@@ -52,6 +50,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
 
     import torch
@@ -59,6 +58,8 @@ def main() -> None:
 
     from tinystories.sampler import generate
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     result: dict[str, float | str] = {}
     g = torch.Generator().manual_seed(0)
@@ -122,6 +123,7 @@ def main() -> None:
         result[f"hf_generate_batched_tok_s_{size}"] = round(batched, 1)
         result[f"sampler_speedup_vs_hf_{size}"] = round(ours / ref, 2)
     result["device"] = str(device)
+    result["threads"] = torch.get_num_threads()
     print(json.dumps(result))
 
 

@@ -265,7 +265,6 @@ def test_complete_writes_every_model_prompt_sample(eval_run):
 
 def test_complete_resumes_after_a_kill_without_duplicates(eval_run, monkeypatch):
     run, prompts = eval_run
-    from tinystories import complete as complete_mod
     from tinystories.rundir import JsonlWriter
 
     original = JsonlWriter.write
@@ -290,16 +289,15 @@ def test_complete_resumes_after_a_kill_without_duplicates(eval_run, monkeypatch)
     assert recs[:7] == first_seven
 
     # a clean run from scratch gives the very same completions (seeds per sample, not per batch)
-    fresh = run.parent / "fresh"
-    (fresh / "pretrain").mkdir(parents=True)
     import shutil
 
+    fresh = run.parent / "fresh"
+    (fresh / "pretrain").mkdir(parents=True)
     shutil.copytree(run / "pretrain" / "1M", fresh / "pretrain" / "1M")
     shutil.copytree(run / "sft" / "1M", fresh / "sft" / "1M")
     assert main(complete_args(fresh, prompts)) == 0
     by_key = {(r["model"], r["prompt_id"], r["sample_id"]): r["text"] for r in read_jsonl(fresh / "eval" / "completions.jsonl")}
     assert all(by_key[(r["model"], r["prompt_id"], r["sample_id"])] == r["text"] for r in recs)
-    del complete_mod
 
 
 def test_changed_settings_drop_stale_rows(eval_run):
@@ -315,3 +313,22 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     assert main(complete_args(tmp_path / "run", prompts)) == 2
     err = capsys.readouterr().err.strip()
     assert "missing input" in err and "pretrain/1M" in err and "\n" not in err
+
+
+def test_complete_loads_checkpoints_written_by_the_training_code(tmp_path):
+    """The real producer of pretrain/<size>/: tokenizer.py + model.save_hf, not our fixture."""
+    model_mod = pytest.importorskip("tinystories.model")
+    tok_mod = pytest.importorskip("tinystories.tokenizer")
+
+    run = tmp_path / "run"
+    tok = tok_mod.train_tokenizer(iter(STORY_TEXT), vocab_size=300, min_frequency=1)
+    tok_mod.save_tokenizer(tok, run / "tokenizer")
+    eos = tok.token_to_id("<|endoftext|>")
+    torch.manual_seed(0)
+    model = model_mod.FastGPTNeo(model_mod.Shape(hidden_size=32, num_layers=2, num_heads=4, max_position=128), tok.get_vocab_size())
+    model_mod.save_hf(model, run / "pretrain" / "1M", tokenizer_dir=run / "tokenizer", eos_token_id=eos)
+    prompts = write_prompts(tmp_path / "p.json", n_begin=2, n_instr=0)
+    args = complete_args(run, prompts, "--set", "complete.models=[pretrain/1M]")
+    assert main(args) == 0
+    recs = list(read_jsonl(run / "eval" / "completions.jsonl"))
+    assert len(recs) == 6 and all(r["prompt_tokens"] > 1 for r in recs)

@@ -83,12 +83,12 @@ def test_inflections_count_as_using_the_word():
     f = F.StoryFilter(opts())
     # "jumped" for jump, "ran" for run, "babies" for baby, "happier" for happy
     text = STORY + " The babies ran and were happier than ever."
-    used = f.words_used(F.tokenize(text), {"verb": "run", "noun": "baby", "adjective": "happy"})
+    used = f.words_used(text, {"verb": "run", "noun": "baby", "adjective": "happy"})
     assert used == {"verb": True, "noun": True, "adjective": True}
-    used = f.words_used(F.tokenize(STORY), {"verb": "jump", "noun": "kite", "adjective": "sad"})
+    used = f.words_used(STORY, {"verb": "jump", "noun": "kite", "adjective": "sad"})
     assert used == {"verb": True, "noun": False, "adjective": False}
     # A list of words of unknown part of speech (published data) is keyed by word.
-    assert f.words_used(F.tokenize(STORY), ["jump", "kite"]) == {"jump": True, "kite": False}
+    assert f.words_used(STORY, ["jump", "kite"]) == {"jump": True, "kite": False}
 
 
 def test_missing_words_rejected_or_recorded():
@@ -100,7 +100,7 @@ def test_missing_words_rejected_or_recorded():
 
 
 def _random_story(rng: random.Random, n: int = 180) -> list[str]:
-    vocab = [f"w{i}" for i in range(3000)]
+    vocab = ["".join(chr(97 + (i // 26**k) % 26) for k in range(3)) for i in range(3000)]  # letters only: digits are not word characters
     return [rng.choice(vocab) for _ in range(n)]
 
 
@@ -171,3 +171,25 @@ def test_stats_exact_values_on_a_hand_made_set():
     assert stats["near_duplicate_rate"] == 0.25 and stats["exact_duplicate_rate"] == 0.0
     assert set(stats) >= {"whitespace_tokens_per_story", "chars_per_story", "top2000_share", "distinct_3", "rejected_by_reason"}
     assert "kept 3" in F.stats_table(stats)
+
+
+def test_story_openings_that_look_chatty_are_kept():
+    for opening in ("What a sunny day it was!", "I can see the moon, said Tim.", "Once upon a time, Sure the dog ran."):
+        v = F.StoryFilter(opts()).check(opening + " " + STORY)
+        assert v.reason is None, (opening, v.reason)
+
+
+def test_token_hashes_match_the_tokenizer():
+    texts = [STORY, "'Hello,' said Tom. Don't go!  Lily’s “big” dog—yes... rock'n'roll 3 dogs", "", "  ...  ", "Café au lait"]
+    tb = F.TokenBatch(texts)
+    for i, text in enumerate(texts):
+        tokens = F.tokenize(text)
+        assert tb.counts[i] == len(tokens), (text, tokens)
+        got = tb.hashes[tb.offsets[i] : tb.offsets[i + 1]]
+        assert (got == F.word_hash_values(tokens)).all() if tokens else len(got) == 0
+    # equal tokens hash equal wherever they occur; different tokens differ
+    h = F.word_hash_values(["dog", "dogs", "dog", "god"])
+    assert h[0] == h[2] and len({int(x) for x in h}) == 3
+    # a possessive counts as using the noun; quotes around a word do not hide it
+    f = F.StoryFilter(opts())
+    assert f.words_used("'Jump!' said Lily's dog.", {"verb": "jump", "noun": "lily"}) == {"verb": True, "noun": True}

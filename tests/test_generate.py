@@ -290,3 +290,45 @@ def test_two_real_stories_from_the_embedded_model(run_dir):
     assert metrics["attempted"] == 2 and metrics["backend_calls"] == 2 and metrics["completion_tokens"] > 0
     for s in read_jsonl(run_dir / "data/stories.jsonl"):
         assert s["backend"] == "embedded" and s["story"].strip()
+
+
+KILLED_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_generate as T
+from fake_llm import ScriptedBackend
+from tinystories.llm import client
+client.make_backend = lambda cfg: ScriptedBackend(T.good_story, delay_s=0.05)
+from tinystories.cli import main
+main(["generate", "--run-dir", {run!r}, "--set", "generate.num_stories=40", "--set", "llm.concurrency=4"])
+"""
+
+
+def test_sigkill_mid_run_then_rerun_gives_exactly_the_stories(run_dir, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = KILLED_RUN.format(tests=str(Path(__file__).parent), run=str(run_dir))
+    env = {**os.environ, "TINYSTORIES_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stories = run_dir / "data/stories.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if stories.exists() and stories.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(read_jsonl(stories)))
+    assert 5 <= done_before < 40, "the run should have been killed part-way"
+    whole_lines = stories.read_text()[: stories.read_text().rfind("\n") + 1]
+    backend = install(monkeypatch, good_story)
+    assert generate(run_dir, "generate.num_stories=40") == 0
+    ids = [s["id"] for s in read_jsonl(stories)]
+    assert sorted(ids) == [G.story_id(i) for i in range(40)]
+    assert len(backend.calls) <= 40 - done_before  # answers cached before the kill are not asked again
+    assert stories.read_text().endswith("\n")
+    assert stories.read_text().startswith(whole_lines)  # resumed, not restarted

@@ -289,5 +289,27 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, backend):
     assert main(["instruct-data", "--run-dir", str(run)]) == 2
     assert "stories.jsonl:2: no 'story' text" in capsys.readouterr().err
 
+    (run / "data" / "stories.jsonl").write_text("")
+    assert main(["instruct-data", "--run-dir", str(run)]) == 2
+    assert "holds no stories" in capsys.readouterr().err
+    assert not (run / "data" / "instruction_dataset.jsonl").exists()
+
     assert main(["instruct-data", "--run-dir", str(run), "--set", "instruct_data.kinds=[words, title]"]) == 2
     assert "instruct_data.kinds: unknown kind(s) title" in capsys.readouterr().err
+
+
+def test_uses_a_story_summary_that_passes_the_checks(tmp_path, backend):
+    run = tmp_path / "run"
+    write_stories(run, n=3)
+    path = run / "data" / "stories.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[0]["summary"] = "Lily finds a red ball and plays with her friend."  # as imported TinyStories shards carry
+    recs[1]["summary"] = "The story is about Tom and a ball."  # meta-text: the LLM writes one instead
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["instruct-data", "--run-dir", str(run), "--set", ALL_SUMMARY]) == 0
+    assert [c.key for c in backend["backend"].calls] == ["s1", "s2"]
+    rows = {r["id"]: r for r in read_jsonl(run / "data" / "instruction_dataset.jsonl")}
+    assert "Summary: Lily finds a red ball and plays with her friend." in rows["s0"]["instruction"]
+    assert "Summary: Kid s1 finds a red ball" in rows["s1"]["instruction"]
+    stats = json.loads((run / "data" / "instruct_stats.json").read_text())
+    assert stats["summaries_from_stories"] == 1 and stats["summaries_requested"] == 2

@@ -105,6 +105,10 @@ def test_contamination_finds_shared_13_grams():
 # -- the stage with scripted judges ------------------------------------------------------------
 
 
+def prompt_text(p: int) -> str:
+    return f"Prompt number {p} is about " + " ".join(f"dog{p}x{i}" for i in range(12)) + ", but"
+
+
 def story_text(p: int, k: int) -> str:
     return f" {STORIES[(p + k) % 4]} That was tale {p}."
 
@@ -120,11 +124,11 @@ def make_eval_run(root: Path, n_prompts: int = 4, samples: int = 3) -> Path:
     for model, kind in (("pretrain/1M", "base"), ("sft/1M", "instruct")):
         for p in range(n_prompts):
             for k in range(samples):
-                recs.append({"model": model, "kind": kind, "task": "continue", "prompt_id": f"b{p}", "sample_id": k, "prompt": f"Prompt number {p} is about a little dog named Max who ran to the big park, but", "text": story_text(p, k), "prompt_tokens": 9, "completion_tokens": 30, "seed": 1})
+                recs.append({"model": model, "kind": kind, "task": "continue", "prompt_id": f"b{p}", "sample_id": k, "prompt": prompt_text(p), "text": story_text(p, k), "prompt_tokens": 9, "completion_tokens": 30, "seed": 1})
         if kind == "instruct":
             recs.append({"model": model, "kind": kind, "task": "instruct", "prompt_id": "i0", "sample_id": 0, "prompt": "Words: dog, ball\nFeatures: Dialogue", "words": ["dog", "ball"], "text": " " + STORIES[0], "prompt_tokens": 9, "completion_tokens": 30, "seed": 1})
     (run / "eval" / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    stories = [{"id": "s0", "text": "Once upon a time. Prompt number 2 is about a little dog named Max who ran to the big park, but he fell."}] + [{"id": f"s{i + 1}", "text": s} for i, s in enumerate(STORIES)]
+    stories = [{"id": "s0", "text": "Once upon a time. " + prompt_text(2) + " he fell."}] + [{"id": f"s{i + 1}", "text": s} for i, s in enumerate(STORIES)]
     (run / "data" / "stories.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stories))
     return run
 
@@ -262,3 +266,13 @@ def test_perplexity_with_a_hf_reference(tmp_path, monkeypatch):
         logp = torch.log_softmax(model(torch.tensor([ids + target])).logits[0], -1)
     expected = [float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(target)]
     assert score(prefix, cont) == pytest.approx(expected, abs=1e-5)
+
+
+def test_reference_without_token_scores_is_reported_not_faked(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, rule_judge)
+    args = [a for a in judge_args(run) if a != "judge.reference=none"]
+    args.remove("--set")  # the one before judge.reference=none
+    assert main(args) == 0
+    ppl = json.loads((run / "eval" / "scores.json").read_text())["perplexity"]
+    assert ppl["reference"] == "embedded" and "cannot score tokens" in ppl["unavailable"] and ppl["models"] == {}

@@ -126,8 +126,11 @@ def test_cli_llm_prints_text_and_counts(capsys):
 
 @needs_model
 def test_token_logprobs_match_raw_logits(backend):
-    import llama_cpp
     import torch
+
+    from tinystories.llm.embedded import import_llama_cpp
+
+    llama_cpp = import_llama_cpp()
 
     prefix, continuation = "Once upon a time, there was a little girl", " who loved to play with her red ball."
     got = backend.token_logprobs(prefix, continuation)
@@ -145,6 +148,15 @@ def test_token_logprobs_match_raw_logits(backend):
     assert len(got) == len(cont) > 3
     assert got == pytest.approx(expected, abs=1e-3)
     assert all(x <= 0 for x in got)
+
+
+@needs_model
+def test_token_logprobs_slide_past_the_context_window(backend):
+    prefix = "The cat sat on the mat. " * 150  # ~1000 tokens, the window is 512
+    continuation = " Then the dog came home."
+    got = backend.token_logprobs(prefix, continuation)
+    n_cont = len(backend._scorer.tokenize(continuation.encode(), add_bos=False))
+    assert len(got) == n_cont and all(-50 < x <= 0 for x in got)
 
 
 @needs_model

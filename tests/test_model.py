@@ -141,3 +141,24 @@ def test_flops_formula():
     f = train_flops_per_token(s, 10000, 512)
     n_matmul = 4 * (4 * 768 * 768 + 2 * 768 * 3072) + 10000 * 768
     assert 6 * n_matmul < f < 6 * n_matmul * 1.2
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    from tinystories.trainer import TrainSettings, compile_model
+
+    model = FastGPTNeo(SHAPE, VOCAB)
+
+    class Source:
+        def batch(self, step, micro, rank, world):
+            x = torch.randint(0, VOCAB, (2, 8))
+            return x, x
+
+    def broken_compile(*a, **k):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level("WARNING"):
+        out = compile_model(model, TrainSettings(), "fp32", torch.device("cpu"), Source(), 0, 1)
+    assert out is model
+    assert "torch.compile failed" in caplog.text and "training eagerly" in caplog.text
+    assert all(p.grad is None for p in model.parameters())

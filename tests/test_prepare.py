@@ -195,3 +195,11 @@ def test_batches_for_training_and_validation(tmp_path):
     meta = read_meta(tmp_path)
     nats = 1.3
     assert bits_per_byte(nats, meta) == pytest.approx(nats * meta["val"]["tokens"] / meta["val"]["bytes"] / math.log(2))
+
+
+def test_short_split_check_follows_pretrain_context(tmp_path, capsys):
+    setup_run(tmp_path, n=40)
+    assert run_prepare(tmp_path, "prepare.val_fraction=0.05") == 2  # ~2 val stories < 513 tokens
+    assert "pretrain.context+1=513" in capsys.readouterr().err
+    assert run_prepare(tmp_path, "prepare.val_fraction=0.05", "pretrain.context=16") == 0
+    assert read_meta(tmp_path)["val"]["tokens"] >= 17

@@ -145,25 +145,36 @@ def _sft_config(tmp_path, **sft_opts):
     return path
 
 
-@pytest.fixture
-def pretrained_run(tmp_path, monkeypatch):
-    """stories.jsonl -> instruct-data (scripted LLM summaries) -> tokenizer + bins -> pretrain (tiny)."""
+@pytest.fixture(scope="module")
+def _pretrained_template(tmp_path_factory):
+    """stories.jsonl -> instruct-data (scripted LLM summaries) -> tokenizer + bins -> pretrain (tiny), built once."""
     from fake_llm import ScriptedBackend
     from pretrain_fixtures import make_run_dir
     from test_instruct_data import summary_reply, write_stories
 
     from tinystories.cli import main
 
-    run = tmp_path / "run"
+    tmp = tmp_path_factory.mktemp("sft")
+    run = tmp / "run"
     write_stories(run, n=6)
     backend = ScriptedBackend(summary_reply)
-    monkeypatch.setattr("tinystories.llm.client.make_backend", lambda cfg: backend)
-    cfg = _sft_config(tmp_path)
-    assert main(["instruct-data", "--run-dir", str(run), "--config", str(cfg)]) == 0
+    cfg = _sft_config(tmp)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tinystories.llm.client.make_backend", lambda cfg: backend)
+        assert main(["instruct-data", "--run-dir", str(run), "--config", str(cfg)]) == 0
     stories = [json.loads(line)["story"] for line in open(run / "data" / "stories.jsonl")]
     make_run_dir(run, stories=stories + [sft.prompt_text("Words: jump, ball, shiny")], repeats=12, vocab_size=300)
     assert main(["pretrain", "--run-dir", str(run), "--config", str(cfg)]) == 0
-    return run, cfg
+    return run
+
+
+@pytest.fixture
+def pretrained_run(_pretrained_template, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(_pretrained_template, run)
+    return run, _sft_config(tmp_path)
 
 
 def test_end_to_end_sft_checkpoint_loads_and_follows_the_format(pretrained_run, capsys):
@@ -261,3 +272,59 @@ def test_bad_inputs_name_the_fix(pretrained_run, tmp_path, capsys):
 
     assert main(["sft", "--run-dir", str(run), "--config", str(cfg), "--set", "sft.val_fraction=1.5"]) == 2
     assert "sft.val_fraction" in capsys.readouterr().err
+
+
+def test_tunes_a_checkpoint_given_by_path(pretrained_run, tmp_path):
+    import shutil
+
+    from transformers import GPTNeoForCausalLM
+
+    from tinystories.cli import main
+    from tinystories.rundir import RunDir
+
+    run, cfg = pretrained_run
+    external = tmp_path / "models" / "my-neo"
+    shutil.copytree(run / "pretrain" / "tiny", external, ignore=shutil.ignore_patterns("train_state.pt", "metrics.jsonl", "tb"))
+    args = ["sft", "--run-dir", str(run), "--config", str(cfg), "--set", f"sft.sizes=[{external}]", "--set", "sft.max_steps=1", "--set", "sft.samples=0"]
+    assert main(args) == 0
+    assert GPTNeoForCausalLM.from_pretrained(run / "sft" / "my-neo") is not None
+    rec = RunDir(run).stage_record("sft")
+    assert rec["metrics"]["my-neo"]["steps"] == 1 and str(external / "config.json") not in rec["inputs"]
+    assert str(external) in rec["inputs"]  # the executor hashes the external checkpoint too
+
+
+def test_pairs_without_a_story_token_are_skipped_and_counted(pretrained_run):
+    from tinystories.cli import main
+    from tinystories.rundir import RunDir, read_jsonl
+    from tinystories.tokenizer import load_tokenizer
+
+    run, cfg = pretrained_run
+    tok = load_tokenizer(run / "pretrain" / "tiny")
+    rows = list(read_jsonl(run / "data" / "instruction_dataset.jsonl"))
+    lengths = [len(tok.encode(sft.prompt_text(r["instruction"]), add_special_tokens=False)) for r in rows]
+    context = max(lengths)  # the longest prompts fill the context exactly: nothing left to learn
+    assert min(lengths) < context
+    args = ["sft", "--run-dir", str(run), "--config", str(cfg), "--set", f"sft.context={context}", "--set", "sft.max_steps=1", "--set", "sft.samples=0"]
+    assert main(args) == 0
+    m = RunDir(run).stage_record("sft")["metrics"]["tiny"]
+    skipped = sum(n >= context for n in lengths)
+    assert m["skipped_no_supervised_token"] == skipped and m["pairs_train"] + m["pairs_val"] == len(rows) - skipped
+    assert f"{skipped} of {len(rows)} pairs skipped" in (run / "logs" / "sft.log").read_text()
+
+
+def test_batches_cover_each_epoch_once_and_split_across_ranks():
+    import numpy as np
+
+    examples = [(np.arange(i + 2), 1) for i in range(10)]
+    b = sft.PairBatches(examples, batch_size=2, grad_accum=1, seed=3, pad_id=0)
+    # One process: 5 steps are one epoch, every example exactly once; the next epoch reshuffles.
+    epoch0 = [i for step in range(5) for i in b.indices(step, 0, 0, 1)]
+    epoch1 = [i for step in range(5, 10) for i in b.indices(step, 0, 0, 1)]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(10)) and epoch0 != epoch1
+    # Two ranks: disjoint halves of the same sequence, so together they see what one process sees.
+    r0, r1 = b.indices(0, 0, 0, 2), b.indices(0, 0, 1, 2)
+    assert not set(r0) & set(r1) and r0 + r1 == epoch0[:4]
+    # Pure function of the position: asking again (as a resumed run does) gives the same batch.
+    x1, y1 = b.batch(3, 0, 0, 1)
+    x2, y2 = sft.PairBatches(examples, 2, 1, 3, 0).batch(3, 0, 0, 1)
+    assert x1.equal(x2) and y1.equal(y2)

@@ -156,7 +156,21 @@ def cmd_llm(args) -> int:
     return 0
 
 
+def _show_warnings_on_stderr() -> None:
+    """Stages log to logs/STAGE.log; warnings (skipped pairs, retries given up) also belong on screen."""
+    import logging
+
+    logger = logging.getLogger("tinystories")
+    if not any(getattr(h, "_tinystories_stderr", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler._tinystories_stderr = True
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_warnings_on_stderr()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

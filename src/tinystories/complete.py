@@ -165,15 +165,16 @@ class ModelSpec:
     path: str  # run-dir-relative for run models, absolute for baselines, "embedded"
 
 
-def _sft_names(cfg) -> list[str]:
-    sft = getattr(cfg, "sft", None)
-    if sft is None:
+def _sft_dirs(cfg) -> list[str]:
+    """sft/<name> for every checkpoint the sft stage of this config writes (its own outputs())."""
+    if getattr(cfg, "sft", None) is None:
         return []
-    names = []
-    for entry in getattr(sft, "sizes", []) or []:
-        entry = str(entry)
-        names.append(Path(entry).name if ("/" in entry or "\\" in entry) else entry)
-    return names
+    from tinystories import sft
+
+    try:
+        return [p for p in sft.outputs(cfg) if p.startswith("sft/")]
+    except UserError:
+        return []  # sft has nothing to tune in this config: no instruct model to complete
 
 
 def model_specs(cfg) -> list[ModelSpec]:
@@ -186,8 +187,8 @@ def model_specs(cfg) -> list[ModelSpec]:
         pre = getattr(cfg, "pretrain", None)
         for size in getattr(pre, "sizes", []) or []:
             specs.append(ModelSpec(f"pretrain/{size}", "base", f"pretrain/{size}"))
-        for size in _sft_names(cfg):
-            specs.append(ModelSpec(f"sft/{size}", "instruct", f"sft/{size}"))
+        for rel in _sft_dirs(cfg):
+            specs.append(ModelSpec(rel, "instruct", rel))
     for b in c.baselines:
         if b == "embedded":
             specs.append(ModelSpec("baseline/embedded", "baseline", "embedded"))

@@ -14,7 +14,9 @@ resume, and at the end writes data/tinystories_dataset.txt and data/stats.json a
 Memory: the dedup index is the only structure that grows with the dataset. Per kept story it
 holds the signature (4 bytes x num_perm), one dict entry per LSH band (about 70 bytes each),
 one exact-hash dict entry (about 100 bytes) and the story id (about 60 bytes): with the
-defaults (num_perm 64, 5 bands) roughly 0.8 KB per story, 0.8 GB at one million stories.
+defaults (num_perm 64, 8 bands) about 1 KB per story (0.96 KB measured by
+benchmarks/bench_dataset.py), 1 GB at one million stories; the set of ids already done adds
+~70 bytes per story. Everything else streams: files are read and written a record at a time.
 Statistics are streamed; distinct-n and openings use a seeded reservoir sample of a fixed
 size (`stats_sample`), which also makes them comparable between datasets of different sizes.
 """
@@ -69,6 +71,93 @@ def tokenize(text: str) -> list[str]:
     return s.split()
 
 
+_HASH_BASE = 0x100000001B3  # odd, so invertible mod 2^64
+_HASH_INV = pow(_HASH_BASE, -1, 1 << 64)
+_POW_CACHE: dict[str, np.ndarray] = {"pow": np.ones(1, dtype=np.uint64), "inv": np.ones(1, dtype=np.uint64)}
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B^j and B^-j mod 2^64 for j < n (grown on demand, by doubling)."""
+    pw, inv = _POW_CACHE["pow"], _POW_CACHE["inv"]
+    if len(pw) < n:
+        m = max(n, 2 * len(pw), 1 << 16)
+        pw = np.empty(m, dtype=np.uint64)
+        inv = np.empty(m, dtype=np.uint64)
+        # repeated doubling: each step multiplies a block by B^len(block), all vectorised
+        pw[0], inv[0] = 1, 1
+        filled = 1
+        while filled < m:
+            k = min(filled, m - filled)
+            pw[filled : filled + k] = pw[:k] * np.uint64(pow(_HASH_BASE, filled, 1 << 64))
+            inv[filled : filled + k] = inv[:k] * np.uint64(pow(_HASH_INV, filled, 1 << 64))
+            filled += k
+        _POW_CACHE["pow"], _POW_CACHE["inv"] = pw, inv
+    return pw, inv
+
+
+class TokenBatch:
+    """The word tokens of a batch of texts as stable 64-bit hashes, found without making a
+    Python string per token.
+
+    Why by hand: splitting a 200-word story into Python strings and looking each one up costs
+    more than everything else the filters and dedup do together. Here the batch is one byte
+    array; token boundaries, a polynomial hash of every token (prefix sums, mod 2^64) and each
+    token's story come from a few numpy passes. Tokens are those of `tokenize()`: lowercase runs
+    of letters, with apostrophes kept only inside a word.
+    """
+
+    def __init__(self, texts: list[str]):
+        n = len(texts)
+        self.normalized = [t.lower().translate(_TOKEN_TABLE) for t in texts]  # kept for substring tests
+        parts = [t.encode("utf-8", "replace") for t in self.normalized]
+        lens = np.fromiter(map(len, parts), dtype=np.int64, count=n)
+        data = b" ".join(parts)
+        b = np.frombuffer(data, dtype=np.uint8)
+        story_start = np.concatenate(([0], np.cumsum(lens + 1)[:-1])) if n else np.zeros(0, dtype=np.int64)
+        letter = (b != 32) & (b != 39)
+        apos = b == 39
+        inner = apos.copy()
+        inner[1:] &= letter[:-1]
+        inner[:-1] &= letter[1:]
+        if len(inner):
+            inner[0] = inner[-1] = False
+        inword = (letter | inner).view(np.int8)
+        edges = np.diff(np.concatenate(([0], inword, [0])).astype(np.int8))
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
+        pw, inv = _powers(len(b) + 1)
+        prefix = np.zeros(len(b) + 1, dtype=np.uint64)
+        np.cumsum(b.astype(np.uint64) * pw[: len(b)], out=prefix[1:])
+        h = (prefix[ends] - prefix[starts]) * inv[starts]
+        self.hashes = _mix(h + (ends - starts).astype(np.uint64))
+        self.owner = np.searchsorted(story_start, starts, side="right") - 1
+        self.counts = np.bincount(self.owner, minlength=n).astype(np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(self.counts)))
+
+    def select(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(concatenated hashes, token counts) of the given stories, in that order."""
+        rows_a = np.asarray(rows, dtype=np.int64)
+        counts = self.counts[rows_a]
+        if len(rows_a) == len(self.counts) and (rows_a == np.arange(len(rows_a))).all():
+            return self.hashes, counts
+        idx = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]) if rows else np.zeros(0, dtype=np.int64)
+        return self.hashes[idx], counts
+
+
+def word_hash_values(words: list[str]) -> np.ndarray:
+    """The TokenBatch hash of each single word."""
+    return TokenBatch(list(words)).hashes
+
+
+@lru_cache(maxsize=4)
+def _english_table(n: int = 50000) -> np.ndarray:
+    """Membership of wordfreq's n most common English words as a 2^24-entry table indexed by the
+    top bits of a token hash: one gather per token; false positives ~0.3%, harmless for a share."""
+    table = np.zeros(1 << 24, dtype=bool)
+    table[word_hash_values(sorted(english_words(n))) >> np.uint64(40)] = True
+    return table
+
+
 @lru_cache(maxsize=4)
 def english_words(n: int = 50000) -> frozenset[str]:
     from wordfreq import top_n_list
@@ -113,9 +202,11 @@ class FilterOptions:
 
 # --- format checks: the replies of chat models ------------------------------------------------
 
+# Openings of a chat reply, not of a story. Kept narrow on purpose: a story may well open with
+# "What a sunny day!" or "I can see the moon", so such phrases are not listed.
 _PREAMBLE = re.compile(
     r"^\s*(sure|certainly|of course|absolutely|okay|ok|alright|here is|here's|here are|i'd be happy|i would be happy|"
-    r"i can|i cannot|i can't|i'm sorry|as an ai|great|what a|let me|below is|this is a story)\b",
+    r"i'm sorry|as an ai|let me (tell|write|share)|below is|this is a (short )?story|title\s*:)\b",
     re.IGNORECASE,
 )
 _META = re.compile(
@@ -184,30 +275,26 @@ def format_problem(text: str, options: FilterOptions) -> tuple[str, str | None, 
 @dataclass
 class Verdict:
     text: str
-    tokens: list[str]
+    n_words: int = 0
     reason: str | None = None
     detail: str = ""
     words_used: dict | None = None
 
 
+def _other_script(text: str) -> bool:
+    """True when under 90% of the letters are ASCII: another script, not English."""
+    if text.isascii():
+        return False
+    letters = re.findall(r"[^\W\d_]", text)
+    return bool(letters) and sum(1 for c in letters if c.isascii()) / len(letters) < 0.9
+
+
 class StoryFilter:
     def __init__(self, options: FilterOptions):
         self.opts = options
-        self._english = english_words()
+        self._english = _english_table()
 
-    def english_share(self, text: str, tokens: list[str]) -> float:
-        if not text.isascii():
-            letters = re.findall(r"[^\W\d_]", text)
-            ascii_letters = sum(1 for c in letters if c.isascii())
-            if letters and ascii_letters / len(letters) < 0.9:
-                return 0.0  # another script
-        if not tokens:
-            return 0.0
-        # A strided sample of ~100 tokens decides as well as all of them, for half the lookups.
-        sample = tokens if len(tokens) <= 150 else tokens[:: len(tokens) // 100]
-        return sum(map(self._english.__contains__, sample)) / len(sample)
-
-    def words_used(self, tokens: list[str], words: dict | list | None) -> dict | None:
+    def words_used(self, text: str, words: dict | list | None, normalized: str | None = None) -> dict | None:
         """{"noun": True, ...} per required word (a list of words of unknown part of speech is
         keyed by the word); inflected forms count, and a multi-word entry needs all its words."""
         if not words:
@@ -216,43 +303,73 @@ class StoryFilter:
             items = [(pos, pos, str(w)) for pos, w in words.items() if w]
         else:
             items = [(str(w), "any", str(w)) for w in words if w]
-        present = set(tokens)
+        # A handful of substring searches over the normalised text beat building a token set.
+        if normalized is None:
+            normalized = text.lower().translate(_TOKEN_TABLE)
+        padded = " " + normalized.replace("'", " ") + " "
         out = {}
         for key, pos, word in items:
             parts = _required_forms(word, pos)
-            out[key] = bool(parts) and all(not forms.isdisjoint(present) for forms in parts)
+            out[key] = bool(parts) and all(any(form in padded for form in forms) for forms in parts)
         return out
 
-    def check(self, text: str | None, finish_reason: str | None = None, words: dict | None = None, format_checks: bool = True) -> Verdict:
-        text = text or ""
-        if not text.strip():
-            return Verdict("", [], EMPTY, "no text")
-        if finish_reason == "length":
-            return Verdict(text, [], TRUNCATED, "cut off at max_tokens")
-        if format_checks:
-            text, reason, detail = format_problem(text, self.opts)
-            if reason:
-                return Verdict(text, [], reason, detail)
-        else:
-            text = text.strip()
-        tokens = tokenize(text)
-        share = self.english_share(text, tokens)
-        if share < self.opts.min_english:
-            return Verdict(text, tokens, NOT_ENGLISH, f"{share:.2f} of words are common English words")
-        if len(tokens) < self.opts.min_words:
-            return Verdict(text, tokens, TOO_SHORT, f"{len(tokens)} words < {self.opts.min_words}")
-        if len(tokens) > self.opts.max_words:
-            return Verdict(text, tokens, TOO_LONG, f"{len(tokens)} words > {self.opts.max_words}")
-        used = self.words_used(tokens, words)
-        if used is not None and self.opts.require_words and not all(used.values()):
-            missing = [str(words[k]) if isinstance(words, dict) else k for k, ok in used.items() if not ok]
-            return Verdict(text, tokens, MISSING_WORDS, "missing " + ", ".join(missing), used)
-        return Verdict(text, tokens, None, "", used)
+    def check(self, text: str | None, finish_reason: str | None = None, words: dict | list | None = None, format_checks: bool = True) -> Verdict:
+        """One story; see check_batch."""
+        return self.check_batch([{"text": text, "finish_reason": finish_reason, "words": words}], format_checks)[0][0]
+
+    def check_batch(self, cands: list[dict], format_checks: bool = True) -> tuple[list[Verdict], TokenBatch, list[int]]:
+        """Verdicts for candidates {"text", "finish_reason"?, "words"?}, the TokenBatch of their
+        (cleaned) texts, and the indices of those that passed."""
+        verdicts: list[Verdict] = []
+        texts: list[str] = []
+        for cand in cands:
+            text = cand.get("text") or ""
+            if not text.strip():
+                verdicts.append(Verdict("", 0, EMPTY, "no text"))
+            elif cand.get("finish_reason") == "length":
+                verdicts.append(Verdict(text, 0, TRUNCATED, "cut off at max_tokens"))
+            elif format_checks:
+                text, reason, detail = format_problem(text, self.opts)
+                verdicts.append(Verdict(text, 0, reason, detail))
+            else:
+                text = text.strip()
+                verdicts.append(Verdict(text, 0))
+            texts.append(verdicts[-1].text if verdicts[-1].reason is None else "")
+        tb = TokenBatch(texts)
+        english = np.bincount(tb.owner, weights=self._english[tb.hashes >> np.uint64(40)], minlength=len(texts))
+        counts = tb.counts.tolist()
+        english = english.tolist()
+        passed: list[int] = []
+        o = self.opts
+        for i, (cand, v) in enumerate(zip(cands, verdicts)):
+            if v.reason:
+                continue
+            n = v.n_words = counts[i]
+            share = english[i] / n if n else 0.0
+            if share < o.min_english or _other_script(v.text):
+                v.reason, v.detail = NOT_ENGLISH, f"{share:.2f} of words are common English words"
+            elif n < o.min_words:
+                v.reason, v.detail = TOO_SHORT, f"{n} words < {o.min_words}"
+            elif n > o.max_words:
+                v.reason, v.detail = TOO_LONG, f"{n} words > {o.max_words}"
+            else:
+                words = cand.get("words")
+                v.words_used = used = self.words_used(v.text, words, tb.normalized[i])
+                if used is not None and o.require_words and not all(used.values()):
+                    missing = [str(words[k]) if isinstance(words, dict) else k for k, ok in used.items() if not ok]
+                    v.reason, v.detail = MISSING_WORDS, "missing " + ", ".join(missing)
+                else:
+                    passed.append(i)
+        return verdicts, tb, passed
 
 
 @lru_cache(maxsize=200_000)
-def _required_forms(word: str, pos: str) -> tuple[frozenset[str], ...]:
-    return tuple(inflections(part, pos) for part in tokenize(word))
+def _required_forms(word: str, pos: str) -> tuple[tuple[str, ...], ...]:
+    """Per word of the entry: its forms as " form " (apostrophes as spaces), for substring tests."""
+    # the word itself first: it is the likeliest form, and any() stops at the first hit
+    return tuple(
+        tuple(" " + f.replace("'", " ") + " " for f in sorted(inflections(part, pos), key=lambda f: (f != part, f))) for part in tokenize(word)
+    )
 
 
 @lru_cache(maxsize=200_000)
@@ -273,10 +390,6 @@ def inflections(word: str, pos: str) -> frozenset[str]:
 _MASK64 = (1 << 64) - 1
 
 
-def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
-
-
 def _mix(h: np.ndarray) -> np.ndarray:
     # splitmix64 finaliser: spreads every input bit over the output so bins and values are independent.
     h = h ^ (h >> np.uint64(30))
@@ -292,10 +405,11 @@ class Deduper:
     Signatures are one-permutation MinHash (Li, Owen & Zhang 2012) with rotation densification
     (Shrivastava & Li 2014), computed for a whole batch of stories in a few numpy passes. We do
     this by hand rather than with datasketch's MinHash because that hashes every shingle with
-    sha1 in a Python loop and then applies num_perm permutations per shingle: about 20x slower
-    (see benchmarks/bench_dataset.py, which measures both), and the benchmark target is 20,000
-    stories/s. The LSH band layout (bands x rows) is datasketch's own optimum for the threshold
-    and num_perm, and candidates are confirmed by the estimated Jaccard similarity.
+    sha1 in a Python loop and then applies num_perm permutations per shingle: about 30x slower
+    (benchmarks/bench_dataset.py measures both in the same run), and the target for filters
+    plus dedup is 20,000 stories/s. The LSH band layout (bands x rows) is datasketch's own optimum for the threshold
+    and num_perm (weighted towards recall), and candidates are confirmed by the estimated
+    Jaccard similarity.
     """
 
     def __init__(self, mode: str = "near", threshold: float = 0.8, num_perm: int = 64, shingle_size: int = 5):
@@ -305,15 +419,14 @@ class Deduper:
         self.threshold = threshold
         self.num_perm = num_perm
         self.k = shingle_size
-        self.bands, self.rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+        # Misses weigh 4x false candidates: a false candidate costs one signature comparison
+        # (they are verified), a miss keeps a duplicate. At threshold 0.8 and 64 permutations this
+        # gives 8 bands of 8 rows: a pair at Jaccard 0.9 becomes a candidate with p = 0.99.
+        self.bands, self.rows = _optimal_param(threshold, num_perm, 0.2, 0.8)
         rng = np.random.default_rng(0x7157)
         self._shingle_mult = rng.integers(1, 2**63, size=max(1, shingle_size), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self._band_mult = rng.integers(1, 2**63, size=self.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self._band_salt = rng.integers(1, 2**63, size=self.bands, dtype=np.uint64)
-        # word -> row of _table (its stable 64-bit hash): stories reuse a small vocabulary, so
-        # each distinct word is hashed once and every later use is one dict lookup.
-        self._word_ids: dict[str, int] = {}
-        self._table = np.zeros(0, dtype=np.uint64)
         self._powers = np.zeros(0, dtype=np.uint64)
         self.ids: list[str] = []
         self._exact: dict[int, int] = {}
@@ -324,20 +437,11 @@ class Deduper:
         return len(self.ids)
 
     # -- signatures ------------------------------------------------------------------------
-    def word_hashes(self, token_lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """(stable 64-bit hash of every token, concatenated; tokens per story)."""
-        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-        flat = list(chain.from_iterable(token_lists))
-        ids = self._word_ids
-        try:
-            rows = list(map(ids.__getitem__, flat))
-        except KeyError:
-            new = [w for w in dict.fromkeys(flat) if w not in ids]
-            for w in new:
-                ids[w] = len(ids)
-            self._table = np.concatenate((self._table, np.fromiter(map(_word_hash, new), dtype=np.uint64, count=len(new))))
-            rows = list(map(ids.__getitem__, flat))
-        return self._table[np.array(rows, dtype=np.int64)], lengths
+    @staticmethod
+    def word_hashes(token_lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """(hash of every token, concatenated; tokens per story) for ready-made token lists."""
+        tb = TokenBatch([" ".join(t) for t in token_lists])
+        return tb.hashes, tb.counts
 
     def exact_keys(self, flat: np.ndarray, lengths: np.ndarray) -> list[int]:
         """64-bit hash per story of its token sequence: equal after lowercasing, dropping
@@ -447,15 +551,19 @@ class Deduper:
 
         Returns, per item, None when kept, else (reason, duplicated id, similarity).
         """
-        if self.mode == "off":
-            return [None] * len(items)
-        near = self.mode == "near"
         flat, lengths = self.word_hashes([t for _, t in items])
+        return self.process_hashes([sid for sid, _ in items], flat, lengths, insert_only)
+
+    def process_hashes(self, ids: list[str], flat: np.ndarray, lengths: np.ndarray, insert_only: bool = False) -> list[tuple[str, str, float] | None]:
+        """`process` for stories given as token hashes (TokenBatch.select)."""
+        if self.mode == "off":
+            return [None] * len(ids)
+        near = self.mode == "near"
         keys = self.exact_keys(flat, lengths)
         sigs = self._signatures(flat, lengths) if near else None
         bands = self.band_keys(sigs).tolist() if near else None
         out: list[tuple[str, str, float] | None] = []
-        for i, (sid, _) in enumerate(items):
+        for i, sid in enumerate(ids):
             key = keys[i]
             if not insert_only:
                 hit = self._exact.get(key)
@@ -638,15 +746,12 @@ class DatasetBuilder:
         """Open the appenders (repairing a torn last line) and rebuild the state from disk."""
         self._stories = JsonlWriter(self.stories_path, sync_every=64)
         self._rejects = JsonlWriter(self.rejected_path, sync_every=64)
-        batch: list[tuple[str, list[str]]] = []
-        for rec in read_jsonl(self.stories_path):
-            self.done.add(rec["id"])
-            self.kept += 1
-            batch.append((rec["id"], tokenize(rec["story"])))
-            if len(batch) >= 4096:
-                self.dedup.process(batch, insert_only=True)
-                batch = []
-        self.dedup.process(batch, insert_only=True)
+        for batch in batched(read_jsonl(self.stories_path), 4096):
+            ids = [rec["id"] for rec in batch]
+            self.done.update(ids)
+            self.kept += len(batch)
+            tb = TokenBatch([rec["story"] for rec in batch])
+            self.dedup.process_hashes(ids, tb.hashes, tb.counts, insert_only=True)
         for rec in read_jsonl(self.rejected_path):
             self.done.add(rec["id"])
             self.rejected[rec["reason"]] += 1
@@ -665,14 +770,15 @@ class DatasetBuilder:
 
     def add(self, candidates: list[dict], format_checks: bool = True) -> None:
         """Each candidate: {"id", "text", "finish_reason"?, "words"?, ...provenance}; appended in order."""
-        passed: list[tuple[dict, Verdict]] = []
-        for cand in candidates:
-            v = self.filter.check(cand["text"], cand.get("finish_reason"), cand.get("words"), format_checks=format_checks)
+        if not candidates:
+            return
+        verdicts, tb, ok = self.filter.check_batch(candidates, format_checks=format_checks)
+        for cand, v in zip(candidates, verdicts):
             if v.reason:
                 self.reject(cand["id"], v.reason, cand["text"], v.detail)
-            else:
-                passed.append((cand, v))
-        dups = self.dedup.process([(c["id"], v.tokens) for c, v in passed])
+        passed = [(candidates[i], verdicts[i]) for i in ok]
+        flat, lengths = tb.select(ok)
+        dups = self.dedup.process_hashes([c["id"] for c, _ in passed], flat, lengths)
         for (cand, v), dup in zip(passed, dups):
             if dup is not None:
                 reason, of, sim = dup

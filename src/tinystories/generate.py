@@ -265,16 +265,19 @@ def run(cfg, rundir: RunDir) -> dict:
             format_checks=False,  # the validator already ran them (and stripped a title line)
         )
 
+    sent = [0]
+
     def requests(todo: int):
-        i = 0
-        sent = 0
-        while sent < todo and i < cap:
+        """The `todo` smallest ids below the cap not yet kept or rejected, lazily."""
+        i = n = 0
+        while n < todo and i < cap:
             sid = story_id(i)
-            if sid not in builder.done:
+            if sid not in builder.done and sid not in prompts:
                 params = story_params(base_seed, i, vocab, gcfg)
                 request, prompt = make_request(i, params, gcfg, llm_cfg.mode)
                 prompts[sid] = (params, prompt)
-                sent += 1
+                n += 1
+                sent[0] += 1
                 yield request
             i += 1
 
@@ -285,7 +288,10 @@ def run(cfg, rundir: RunDir) -> dict:
             todo = min(need, cap - len(builder.done))
             if todo <= 0:
                 break
+            before = sent[0]
             client.complete(requests(todo), validate=validate, on_result=on_result, total=todo, description="generate", collect=False)
+            if sent[0] == before:
+                break  # every id below the cap is done (e.g. the cap was lowered)
             if transport:
                 raise UserError(
                     f"generate: {len(transport)} requests failed in transport ({transport[-1][:200]}); "

@@ -19,9 +19,11 @@ Outputs:
   data/instruct_failed.jsonl      stories whose summary the LLM never got right, with the reason
   data/instruct_stats.json        counts of part combinations, kinds, parts per set, LLM usage
 
-Summaries are only requested for stories whose sets contain a Summary part; a summary that is
-empty, truncated, too long or has meta-text ("Sure", "Here is", "story", "summary") is retried with
-fresh seeds and then recorded as failed (the story then yields no sets: never a silent gap).
+Summaries are only requested for stories whose sets contain a Summary part and that carry no
+usable summary of their own (imported TinyStories shards have one: it is used when it passes the
+same checks, see `instruct_data.story_summaries`). A summary that is empty, truncated, too long
+or has meta-text ("Sure", "Here is", "story", "summary") is retried with fresh seeds and then
+recorded as failed (the story then yields no sets: never a silent gap).
 The stage appends results as they arrive to *.partial files and resumes after a kill: stories
 already written are skipped and summaries already answered come from the LLM cache.
 
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tinystories.errors import UserError
+from tinystories.llm.base import Reject
 
 NAME = "instruct-data"
 SECTION = "instruct_data"
@@ -69,7 +72,7 @@ log = logging.getLogger("tinystories.instruct_data")
 class Config:
     source_path: str = ""  # a published TinyStoriesInstruct .txt to convert instead of summarising data/stories.jsonl; empty = build from our stories
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # instruction kinds to draw from: words, sentence, features, summary
-    probabilities: dict[str, float] = field(default_factory=lambda: {k: 0.5 for k in KINDS})  # chance that each kind enters a set (independently)
+    probabilities: dict[str, float] = field(default_factory=lambda: {k: 0.5 for k in KINDS})  # chance that each kind enters a set, drawn independently (a kind left out here: 0.5)
     min_parts: int = 1  # fewest parts in a set; a draw with fewer is topped up with random available kinds (0 allows story-only sets)
     sets_per_story: int = 1  # instruction sets drawn per story (distinct combinations where possible)
     max_stories: int = 0  # use only the first N stories (or published blocks); 0 = all
@@ -79,6 +82,7 @@ class Config:
     summary_max_sentences: int = 3  # so is one with more sentences (the paper's summaries have one or two)
     summary_max_tokens: int = 120  # generation budget for one summary
     summary_temperature: float = 0.7  # sampling temperature for summaries
+    story_summaries: bool = True  # use a story's own "summary" field (e.g. imported TinyStories shards) when it passes the checks, instead of asking the LLM
     llm: dict[str, Any] = field(default_factory=dict)  # overrides of the root llm section for summaries only, e.g. {model: ...}
 
     def check(self) -> list[str]:
@@ -148,8 +152,6 @@ _LABEL = re.compile(r"^\s*(summary|in short)\s*:\s*", re.IGNORECASE)
 
 def clean_summary(text: str | None, max_words: int, finish_reason: str | None = None, max_sentences: int = 3) -> str:
     """The summary as one line, or `Reject` with the reason (the client retries with a fresh seed)."""
-    from tinystories.llm import Reject
-
     if finish_reason == "length":
         raise Reject("truncated: hit summary_max_tokens")
     text = _LABEL.sub("", (text or "").strip()).strip().strip('"“”').strip()
@@ -248,30 +250,23 @@ def story_seed(seed: int, story_id: Any) -> int:
 
 def iter_stories(path: Path, limit: int = 0) -> Iterator[dict]:
     """Stories with their line numbers checked; a torn last line (a kill mid-write) is ignored."""
+    from tinystories.rundir import read_jsonl_numbered
+
     seen: set[str] = set()
     n = 0
-    with open(path, "r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.endswith("\n"):
-                return
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or delete the line") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("story"), str) or not rec["story"].strip():
-                raise UserError(f"{path}:{lineno}: no 'story' text; every line needs {{\"id\": ..., \"story\": \"...\"}}")
-            sid = rec.get("id", lineno)
-            key = str(sid)
-            if key in seen:
-                raise UserError(f"{path}:{lineno}: duplicate story id {sid!r}; story ids must be unique")
-            seen.add(key)
-            rec["id"] = sid
-            yield rec
-            n += 1
-            if limit and n >= limit:
-                return
+    for lineno, rec in read_jsonl_numbered(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("story"), str) or not rec["story"].strip():
+            raise UserError(f"{path}:{lineno}: no 'story' text; every line needs {{\"id\": ..., \"story\": \"...\"}}")
+        sid = rec.get("id", lineno)
+        key = str(sid)
+        if key in seen:
+            raise UserError(f"{path}:{lineno}: duplicate story id {sid!r}; story ids must be unique")
+        seen.add(key)
+        rec["id"] = sid
+        yield rec
+        n += 1
+        if limit and n >= limit:
+            return
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -407,7 +402,7 @@ def _build_from_stories(cfg, rundir) -> dict:
     template, template_version = load_summary_template()
     llm_cfg = cfg.llm_for(SECTION)
     available_kinds = [k for k in KINDS if k in ic.kinds]
-    counters = {"stories": 0, "no_parts": 0, "no_sentence": 0, "summaries_requested": 0}
+    counters = {"stories": 0, "no_parts": 0, "no_sentence": 0, "summaries_requested": 0, "story_summaries": 0}
 
     def plan(rec: dict) -> dict:
         """Everything about one story except its summary, decided by its own seeded RNG."""
@@ -421,9 +416,23 @@ def _build_from_stories(cfg, rundir) -> dict:
             sentences = story_sentences(rec["story"], ic.sentence_min_words, ic.sentence_max_words)
             if sentences:
                 values["sentence"] = rng.choice(sentences)
+        if "summary" in available_kinds and ic.story_summaries and isinstance(rec.get("summary"), str):
+            try:
+                values["summary"] = clean_summary(rec["summary"], ic.summary_max_words, None, ic.summary_max_sentences)
+            except Reject:
+                pass  # the LLM writes one instead
         kinds = [k for k in KINDS if k in values or (k == "summary" and "summary" in available_kinds)]
         sets = draw_sets(rng, kinds, ic)
-        return {"rec": rec, "values": values, "sets": sets, "needs_summary": any("summary" in s for s in sets), "ready": False, "error": None}
+        wants_summary = any("summary" in s for s in sets)
+        return {
+            "rec": rec,
+            "values": values,
+            "sets": sets,
+            "needs_summary": wants_summary and "summary" not in values,
+            "own_summary": wants_summary and "summary" in values,
+            "ready": False,
+            "error": None,
+        }
 
     out = JsonlWriter(out_partial)
     failed = JsonlWriter(failed_partial)
@@ -464,6 +473,7 @@ def _build_from_stories(cfg, rundir) -> dict:
             entry = plan(rec)
             if "sentence" in available_kinds and "sentence" not in entry["values"]:
                 counters["no_sentence"] += 1
+            counters["story_summaries"] += entry["own_summary"]
             pending[key] = entry
             if not entry["needs_summary"]:
                 entry["ready"] = True
@@ -519,6 +529,8 @@ def _build_from_stories(cfg, rundir) -> dict:
         out.close()
         failed.close()
 
+    if counters["stories"] == 0:
+        raise UserError(f"instruct-data: {stories_path} holds no stories; run `tinystories generate --run-dir {rundir.root}` (or import) first")
     if tally.sets == 0:
         raise UserError(
             f"instruct-data: no instruction set was written from {stories_path} "
@@ -533,6 +545,7 @@ def _build_from_stories(cfg, rundir) -> dict:
         "stories_without_parts": counters["no_parts"],
         "stories_without_sentence": counters["no_sentence"],
         "summaries_requested": counters["summaries_requested"],
+        "summaries_from_stories": counters["story_summaries"],
         "summary_words_mean": round(tally.summary_words / tally.summaries, 2) if tally.summaries else None,
         "template_version": template_version,
         "llm": {"model": model, **llm_stats},

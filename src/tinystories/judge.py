@@ -373,15 +373,21 @@ def hf_scorer(path: str | Path, device: str = "cpu") -> tuple[Scorer, dict]:
     return score, {"reference": "hf", "path": str(path)}
 
 
-def embedded_scorer(cfg) -> tuple[Scorer, dict]:
+def embedded_scorer(cfg) -> tuple[Scorer | None, dict]:
+    import dataclasses
+
+    from tinystories.llm import client as client_mod
     from tinystories.llm.config import LLMConfig
-    from tinystories.llm.embedded import EmbeddedBackend
 
     llm_cfg = cfg.llm_for("judge")
     if llm_cfg.backend != "embedded":
-        llm_cfg = LLMConfig()  # the judge is remote; score with the default embedded model
-    backend = EmbeddedBackend(llm_cfg)
-    return backend.token_logprobs, {"reference": "embedded", **backend.identity()}
+        llm_cfg = dataclasses.replace(LLMConfig(), n_threads=llm_cfg.n_threads)  # the judge is remote; score with the default embedded model
+    # Through make_backend, like every LLM use, so a test's scripted backend replaces it too.
+    backend = client_mod.make_backend(llm_cfg)
+    score = getattr(backend, "token_logprobs", None)
+    if score is None:
+        return None, {"reference": "embedded", "unavailable": f"the {backend.name} backend cannot score tokens"}
+    return score, {"reference": "embedded", **backend.identity()}
 
 
 def make_scorer(cfg) -> tuple[Scorer | None, dict]:
@@ -431,7 +437,9 @@ def plan_requests(completions: list[dict], c: Config, stage_seed: int) -> tuple[
     disc = rng.sample(usable, min(c.discrimination_sample, len(usable)))
     skipped: dict[str, int] = {d: 0 for d in DAMAGES}
     for r in disc:
-        others = [o for o in usable if o["prompt_id"] != r["prompt_id"] and o["task"] == r["task"]]
+        # Swap in a story the same model wrote for another prompt: as fluent, but off topic.
+        others = [o for o in usable if o["prompt_id"] != r["prompt_id"] and o["task"] == r["task"] and o["model"] == r["model"]]
+        others = others or [o for o in usable if o["prompt_id"] != r["prompt_id"] and o["task"] == r["task"]]
         other = rng.choice(others)["text"] if others else None
         for kind in DAMAGES:
             drng = random.Random(f"{stage_seed}|{kind}|{_ckey(r)}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import queue
@@ -52,7 +53,8 @@ DEFAULT_CONTEXT = 512
 # before pre-tokenization, so a group encodes to exactly the stories' ids with eos between
 # them, while Python touches one id list per group instead of one per story (that per-story
 # overhead cost more than the encoding itself). Groups of a split never mix with the other.
-GROUP_STORIES = 32
+# 8 measured cheapest in CPU: 2 keeps most per-item cost, 32-128 cost more inside the encoder.
+GROUP_STORIES = 8
 
 
 @dataclass
@@ -160,6 +162,8 @@ def run(cfg, rundir: RunDir) -> dict:
             p.unlink(missing_ok=True)
             p.touch()
     resumed_from = state["offset"]
+    log = logging.getLogger("tinystories.prepare")
+    log.info("%d stories, %d for validation (seed %d); %s", n_stories, n_val, seed, f"resuming at byte {resumed_from}" if resumed_from else "starting")
 
     def chunks() -> Iterator[tuple[dict, int, int]]:
         # Reading, splitting and grouping run in a helper thread (see _prefetch) while the
@@ -248,6 +252,7 @@ def run(cfg, rundir: RunDir) -> dict:
         meta[s] = {**st, "tokens_per_byte": round(st["tokens"] / max(1, st["bytes"]), 6)}
     write_json(rundir.path(META), meta)
     state_path.unlink(missing_ok=True)
+    log.info("train %s, val %s", meta["train"], meta["val"])
 
     total_tokens = state["train"]["tokens"] + state["val"]["tokens"]
     return {

@@ -22,7 +22,6 @@ checkpoint; a size that finished is skipped; `--force pretrain` starts over.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,18 +204,16 @@ def load_data(rundir, c: Config) -> tuple[dict, Any, Any]:
 def run(cfg, rundir) -> dict:
     import dataclasses
 
-    from accelerate import PartialState
-
     from tinystories.config import derive_seed
     from tinystories.model import FastGPTNeo, count_params, resolve_shape
-    from tinystories.trainer import TrainSettings, train
+    from tinystories.trainer import TrainSettings, discard_checkpoint, process_state, train
 
     c: Config = cfg.pretrain
     seed = derive_seed(cfg.seed, NAME)
     shapes = {size: resolve_shape(size, c.shapes) for size in c.sizes}
     meta, train_tokens, val_tokens = load_data(rundir, c)
     vocab, eos_id = int(meta["vocab_size"]), meta.get("eos_id")
-    world = PartialState().num_processes
+    world = process_state().num_processes
     tokens_per_step = c.batch_size * c.context * c.grad_accum * world
     max_steps = math.ceil(c.max_tokens / tokens_per_step) if c.max_tokens > 0 else c.max_steps
     val = ValWindows(val_tokens, c.batch_size, c.context)
@@ -246,9 +243,9 @@ def run(cfg, rundir) -> dict:
     metrics: dict[str, Any] = {}
     for size, shape in shapes.items():
         out_dir = rundir.path(f"{OUT_DIR}/{size}")
-        if getattr(rundir, "force", False) and PartialState().is_main_process:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        PartialState().wait_for_everyone()
+        if getattr(rundir, "force", False) and process_state().is_main_process:
+            discard_checkpoint(out_dir)
+        process_state().wait_for_everyone()
         import torch
 
         torch.manual_seed(seed)

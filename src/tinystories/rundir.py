@@ -61,6 +61,12 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     """Yield the complete records of a JSONL file; a torn last line (a kill mid-write) is ignored."""
+    for _, record in read_jsonl_numbered(path):
+        yield record
+
+
+def read_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """`read_jsonl` with each record's line number, for errors that name the line to fix."""
     path = Path(path)
     with open(path, "r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -69,9 +75,10 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or delete the line") from None
+            yield lineno, record
 
 
 class JsonlWriter:

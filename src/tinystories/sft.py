@@ -1,6 +1,8 @@
 """Instruct-tune pretrained checkpoints on the instruction dataset (sft/<size>/).
 
     tinystories sft --run-dir runs/quickstart [--set sft.sizes=[8M] --set sft.epochs=3]
+    tinystories sft --run-dir runs/quickstart --set sft.sizes=[/models/my-gpt-neo]   # any HF GPT-Neo dir
+    accelerate launch -m tinystories.cli sft --run-dir runs/quickstart               # data-parallel
 
 Input: data/instruction_dataset.jsonl (from `tinystories instruct-data`) and, for each entry of
 `sft.sizes`, a pretrained GPT-Neo checkpoint: a size name means pretrain/<size>/ of this run, a
@@ -212,24 +214,17 @@ def val_story_ids(story_ids, seed: int, val_fraction: float) -> set[str]:
 
 def read_pairs(path: Path, limit: int = 0) -> list[dict]:
     """The (instruction, story, id) records, each checked; a torn last line is ignored."""
+    from tinystories.rundir import read_jsonl_numbered
+
     pairs: list[dict] = []
-    with open(path, "r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.endswith("\n"):
-                break
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix the line or rerun `tinystories instruct-data --force`") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str) or not isinstance(rec.get("story"), str):
-                raise UserError(f"{path}:{lineno}: needs text fields 'instruction' and 'story'; rerun `tinystories instruct-data --force`")
-            if not rec["story"].strip():
-                raise UserError(f"{path}:{lineno}: empty 'story'; remove the line or rerun `tinystories instruct-data --force`")
-            pairs.append({"instruction": rec["instruction"], "story": rec["story"].strip(), "id": rec.get("id", lineno)})
-            if limit and len(pairs) >= limit:
-                break
+    for lineno, rec in read_jsonl_numbered(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str) or not isinstance(rec.get("story"), str):
+            raise UserError(f"{path}:{lineno}: needs text fields 'instruction' and 'story'; rerun `tinystories instruct-data --force`")
+        if not rec["story"].strip():
+            raise UserError(f"{path}:{lineno}: empty 'story'; remove the line or rerun `tinystories instruct-data --force`")
+        pairs.append({"instruction": rec["instruction"], "story": rec["story"].strip(), "id": rec.get("id", lineno)})
+        if limit and len(pairs) >= limit:
+            break
     return pairs
 
 
@@ -367,20 +362,16 @@ def _weights_sha256(ckpt: Path) -> str:
 
 
 def run(cfg, rundir) -> dict:
-    import shutil
     import time
-
-    from accelerate import PartialState
 
     from tinystories.config import derive_seed
     from tinystories.model import load_hf
     from tinystories.rundir import read_json, sha256_path
-    from tinystories.tokenizer import load_tokenizer
-    from tinystories.trainer import STATE_FILE, TrainSettings, train
+    from tinystories.trainer import STATE_FILE, TrainSettings, discard_checkpoint, process_state, recover_checkpoint, train
 
     sc: Config = cfg.sft
     seed = derive_seed(cfg.seed, NAME)
-    state = PartialState()
+    state = process_state()  # rank and world size before training (a torchrun/accelerate launch)
     world = state.num_processes
     dataset = rundir.path(DATASET)
     if not dataset.exists():
@@ -399,8 +390,7 @@ def run(cfg, rundir) -> dict:
             if src == f"pretrain/{name}":
                 raise UserError(f"sft: no pretrained checkpoint {ckpt}; run `tinystories pretrain --run-dir {rundir.root}` (with {name} in pretrain.sizes) first")
             raise UserError(f"sft.sizes: {ckpt} is not a GPT-Neo checkpoint (no config.json); point to a save_pretrained directory")
-        tok_dir = ckpt if (ckpt / "tokenizer.json").exists() else rundir.path("tokenizer")
-        tokenizer = load_tokenizer(tok_dir)
+        tokenizer, tok_dir = _checkpoint_tokenizer(ckpt, rundir, name)
         eos = tokenizer.eos_token_id
         tok_sha = sha256_path(Path(tok_dir) / "tokenizer.json")
         if tok_sha not in encoded:
@@ -431,12 +421,14 @@ def run(cfg, rundir) -> dict:
         trajectory = {k: v for k, v in asdict(sc).items() if k not in _NOT_TRAJECTORY}
         fingerprint = hashlib.sha256(json.dumps({"base": base_sha, "data": data_sha, "tokenizer": tok_sha, "sft": trajectory, "seed": seed}, sort_keys=True).encode()).hexdigest()
         out_dir = rundir.path(f"{OUT_DIR}/{name}")
-        if state.is_main_process and out_dir.exists():
+        if state.is_main_process:
+            recover_checkpoint(out_dir)  # a kill while a checkpoint moved in: finish the move first
             prev = read_json(out_dir / "tinystories.json").get("fingerprint") if (out_dir / "tinystories.json").exists() else None
             if getattr(rundir, "force", False) or not (out_dir / STATE_FILE).exists() or prev != fingerprint:
                 # Resume only the very same run: another base checkpoint, dataset or setting starts over.
-                log.info("sft %s: starting over in %s", name, out_dir)
-                shutil.rmtree(out_dir)
+                if out_dir.exists():
+                    log.info("sft %s: starting over in %s", name, out_dir)
+                discard_checkpoint(out_dir)
         state.wait_for_everyone()
 
         per_step = sc.batch_size * sc.grad_accum * world
@@ -486,12 +478,12 @@ def run(cfg, rundir) -> dict:
                 "sft": trajectory,
             },
         )
-        samples = 0
         if state.is_main_process and sc.samples:
             # Held-out instructions first; training ones only when too few stories were held out.
             pool = [p for p in pairs if str(p["id"]) in val_ids] + [p for p in pairs if str(p["id"]) not in val_ids]
-            samples = write_samples(out_dir, tokenizer, pool, sc.samples, sc.sample_tokens, sc.sample_temperature, seed, val_ids)
+            write_samples(out_dir, tokenizer, pool, sc.samples, sc.sample_tokens, sc.sample_temperature, seed, val_ids)
         state.wait_for_everyone()
+        samples = len(read_json(out_dir / "samples.json")) if sc.samples and (out_dir / "samples.json").exists() else 0
         metrics[name] = {
             **{k: _finite(result.get(k)) for k in ("train_loss", "val_loss", "val_bpb", "steps", "tokens_per_s", "dtype")},
             "pairs_train": len(train_ex),
@@ -504,6 +496,28 @@ def run(cfg, rundir) -> dict:
             "skipped": bool(result.get("skipped", False)),
         }
     return metrics
+
+
+def _checkpoint_tokenizer(ckpt: Path, rundir, name: str):
+    """(tokenizer, directory holding its tokenizer.json) for a base checkpoint.
+
+    Ours carry tokenizer.json. A checkpoint from elsewhere may carry only GPT-2 style
+    vocab.json/merges.txt: transformers converts that to a fast tokenizer, which is saved once
+    under sft/ so the tuned checkpoint ships a tokenizer.json like every other. Without any
+    tokenizer files, the run's own tokenizer/ is used.
+    """
+    from tinystories.tokenizer import load_tokenizer
+
+    if (ckpt / "tokenizer.json").exists():
+        return load_tokenizer(ckpt), ckpt
+    if (ckpt / "vocab.json").exists() or (ckpt / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(ckpt), use_fast=True)
+        staged = rundir.path(f"{OUT_DIR}/.{name}.tokenizer")
+        tok.save_pretrained(str(staged))
+        return load_tokenizer(staged), staged
+    return load_tokenizer(rundir), rundir.path("tokenizer")
 
 
 def _finite(v):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tinystories.errors import UserError
 from tinystories.rundir import RunDir, now_iso, sha256_path
 
 # Pipeline order. `tinystories run` walks this list.
-STAGE_MODULES: list[str] = ["vocab", "generate", "import_stories", "tokenizer", "prepare", "pretrain", "instruct_data", "sft", "complete", "judge"]
+STAGE_MODULES: list[str] = ["vocab", "generate", "import_stories", "tokenizer", "prepare", "pretrain", "instruct_data", "sft", "complete", "judge", "report"]
 
 _PACKAGES = ("tinystories", "torch", "transformers", "tokenizers", "accelerate", "llama_cpp_python", "openai", "datasketch")
 
@@ -83,9 +84,17 @@ def package_versions() -> dict[str, str]:
 
 def _producer_of(rel: str, cfg) -> str | None:
     for stage in STAGES:
-        if rel in stage.outputs(cfg):
-            return stage.name
+        try:
+            if rel in stage.outputs(cfg):
+                return stage.name
+        except AttributeError:  # a config without that stage's section (tests build partial ones)
+            continue
     return None
+
+
+def is_main_process() -> bool:
+    """Under torchrun / accelerate launch every rank runs the stage; only rank 0 keeps the books."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def is_current(stage: Stage, cfg, rundir: RunDir) -> bool:
@@ -128,11 +137,14 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
         "versions": package_versions(),
         "started_at": now_iso(),
     }
-    rundir.update_stage(stage.name, record)
+    main = is_main_process()
+    if main:
+        rundir.update_stage(stage.name, record)
 
     logger = logging.getLogger("tinystories")
     logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(rundir.path(f"logs/{stage.name}.log"), encoding="utf-8")
+    log_name = f"logs/{stage.name}.log" if main else f"logs/{stage.name}.rank{os.environ.get('RANK')}.log"
+    handler = logging.FileHandler(rundir.path(log_name), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.info("stage %s started (config %s)", stage.name, config_hash[:12])
@@ -150,7 +162,8 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
         )
         if not isinstance(exc, (UserError, KeyboardInterrupt)):
             logger.error("stage %s failed:\n%s", stage.name, traceback.format_exc())
-        rundir.update_stage(stage.name, record)
+        if main:
+            rundir.update_stage(stage.name, record)
         raise
     finally:
         logger.removeHandler(handler)
@@ -165,5 +178,6 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
         finished_at=now_iso(),
         wall_s=round(time.time() - t0, 3),
     )
-    rundir.update_stage(stage.name, record)
+    if main:
+        rundir.update_stage(stage.name, record)
     return {"status": "done", "metrics": metrics}

@@ -15,6 +15,7 @@ stage copies these files into every checkpoint so `AutoTokenizer` works on each 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -362,6 +363,9 @@ def run(cfg, rundir: RunDir) -> dict:
     sample = list(iter_stories(path, limit=c.compression_sample))
     bpt = bytes_per_token(tok, sample)
     save_tokenizer(tok, rundir.path(TOKENIZER_DIR))
+    logging.getLogger("tinystories.tokenizer").info(
+        "trained on %d stories in %.1fs: vocab %d, %.2f bytes/token", counts["stories"], train_s, tok.get_vocab_size(), bpt
+    )
     return {
         # Fewer than requested when the data runs out of pairs seen min_frequency times.
         "vocab_size": tok.get_vocab_size(),

@@ -121,6 +121,12 @@ def _tmp_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.ckpt-tmp"
 
 
+def discard_checkpoint(out_dir: Path) -> None:
+    """Remove a run's directory and any half-moved checkpoint (for --force)."""
+    shutil.rmtree(_tmp_dir(out_dir), ignore_errors=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
 def recover_checkpoint(out_dir: Path) -> None:
     """Finish or discard a checkpoint write interrupted by a kill."""
     tmp = _tmp_dir(out_dir)
@@ -229,7 +235,7 @@ def train(
 
     out_dir = Path(out_dir)
     s = settings
-    acc = Accelerator()
+    acc = Accelerator(cpu=not _has_accelerator())
     device = acc.device
     rank, world = acc.process_index, acc.num_processes
     is_main = acc.is_main_process
@@ -288,12 +294,16 @@ def train(
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         truncate_metrics(out_dir / METRICS_FILE, start_step)
+        if start_step == 0:
+            # Events of a run killed before its first checkpoint would duplicate steps.
+            shutil.rmtree(out_dir / "tb", ignore_errors=True)
         writer = JsonlWriter(out_dir / METRICS_FILE, sync_every=10)
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops TensorBoard events past the checkpoint, like truncate_metrics.
         tb = SummaryWriter(str(out_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-    log.info("%s: rank %d/%d device %s dtype %s compile %s, start at step %d", description, rank, world, device, dtype, s.compile, start_step)
+    if is_main:
+        log.info("%s: %d process(es), device %s, dtype %s, compile %s, start at step %d", description, world, device, dtype, s.compile, start_step)
 
     def to_bpb(nats: float, bpt: float) -> float:
         return nats / bpt / math.log(2) if bpt else float("nan")
@@ -432,6 +442,20 @@ def train(
     return final
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def process_state():
+    """accelerate's process state. On a CPU-only machine accelerate only treats a torchrun/mpirun
+    launch as multi-process (gloo) when asked for cpu=True, so ask for it exactly then."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not _has_accelerator())
+
+
 def _debug_dump(debug_dir: str, rank: int, world: int, step: int, model) -> None:
     """Per-rank proof for the distributed test: steps taken and a checksum of the weights."""
     import hashlib
@@ -460,7 +484,8 @@ def compile_model(model, s: TrainSettings, dtype: str, device, train_source, ran
         x, y = train_source.batch(0, 0, rank, world)
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
         with ctx:
-            loss = compiled(x.to(device), labels=y.to(device))
+            # Same call signature as the training loop, so the graph compiled here is reused.
+            loss = compiled(x.to(device), labels=y.to(device), reduction="sum") / max(1, int((y[:, 1:] != -100).sum()))
         loss.backward()
         model.zero_grad(set_to_none=True)
         return compiled

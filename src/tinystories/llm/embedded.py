@@ -37,6 +37,23 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def import_llama_cpp():
+    """Import llama_cpp with OpenMP threads that sleep, not spin, while they wait.
+
+    llama.cpp is built with OpenMP here, and libgomp's default spin-wait is ruinous on a shared
+    machine: measured on the 2-core box with other jobs running, smollm2 from the main thread took
+    7-9 CPU-seconds and 20-30 s for 32 tokens (1-2 tok/s) instead of 0.6 CPU-s and ~1.5 s. With
+    PASSIVE both the main thread and worker threads run at full speed. libgomp reads the variable
+    once, when it is loaded, hence before the import; a user's own setting wins.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError("llm.backend: the embedded backend needs llama-cpp-python; run `make setup` or pip install llama-cpp-python") from None
+    return llama_cpp
+
+
 def llama_seed(seed: int) -> int:
     # llama.cpp seeds are uint32 and 0xFFFFFFFF means "random": keep every seed deterministic.
     seed &= 0xFFFFFFFF
@@ -102,10 +119,7 @@ class EmbeddedBackend:
         return self._path
 
     def _load(self, logits_all: bool = False):
-        try:
-            import llama_cpp
-        except ImportError:
-            raise UserError("llm.backend: the embedded backend needs llama-cpp-python; run `make setup` or pip install llama-cpp-python") from None
+        llama_cpp = import_llama_cpp()
         try:
             return llama_cpp.Llama(
                 model_path=str(self.model_path),
@@ -171,7 +185,8 @@ class EmbeddedBackend:
 
         Computed from raw logits, not llama-cpp-python's `echo=True` logprobs, which are shifted
         by one position. The continuation is tokenized on its own (as a completion would be), so
-        the scores are those of exactly its tokens, whatever the prefix ends with.
+        the scores are those of exactly its tokens, whatever the prefix ends with. Blocking, and
+        safe to call from any thread (it takes the backend's lock).
         """
         import numpy as np
 
@@ -190,16 +205,17 @@ class EmbeddedBackend:
             target = llm.tokenize(continuation.encode("utf-8"), add_bos=False, special=False)
             if not target:
                 return []
-            tokens = context + target
-            if len(tokens) > llm.n_ctx():
-                raise UserError(f"llm.n_ctx: scoring needs {len(tokens)} tokens but the context window is {llm.n_ctx()}; raise llm.n_ctx")
+            # Longer than the window: keep the last n_ctx tokens (the context's start goes first), as
+            # a sliding-window LM would; only a continuation longer than the window loses tokens.
+            tokens = (context + target)[-llm.n_ctx() :]
+            n_target = min(len(target), len(tokens) - 1)
             llm.reset()
             llm.eval(tokens)
             # Row i-1 holds the logits that predict token i.
-            rows = np.asarray(llm.scores[len(context) - 1 : len(tokens) - 1], dtype=np.float64)
+            rows = np.asarray(llm.scores[len(tokens) - n_target - 1 : len(tokens) - 1], dtype=np.float64)
             peak = rows.max(axis=1, keepdims=True)
             log_norm = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
-            picked = rows[np.arange(len(target)), target]
+            picked = rows[np.arange(n_target), tokens[len(tokens) - n_target :]]
             return (picked - log_norm).tolist()
 
     def perplexity(self, prefix: str, continuation: str) -> float:

@@ -189,7 +189,8 @@ def _hash_with_progress(path: Path, what: str) -> str:
 
 def check_gguf(path: Path) -> Path:
     if not path.is_file():
-        raise UserError(f"llm.model: {path} does not exist; give a path to a .gguf file or one of: {', '.join(MODELS)}")
+        why = "is a directory, not a .gguf file" if path.is_dir() else "does not exist"
+        raise UserError(f"llm.model: {path} {why}; give a path to a .gguf file or one of: {', '.join(MODELS)}")
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:

@@ -1,0 +1,486 @@
+"""Write the run's report: report/results.md and PNG charts, every number read from the run directory.
+
+    tinystories report --run-dir runs/quickstart
+
+Reads eval/scores.json and eval/completions.jsonl (required), and when present eval/models.json,
+pretrain/<size>/metrics.jsonl, sft/<size>/metrics.jsonl, data/stats.json, data/stories.jsonl,
+config.yaml and manifest.json. A missing optional input gives a section that says what is
+missing and which stage makes it, never a failure. A correct run writes report/results.md and,
+where the data exist, report/scores_by_model.png, report/scores_vs_params.png,
+report/val_loss.png and report/instruct_scores.png.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinystories.errors import UserError
+from tinystories.rundir import RunDir, read_json, read_jsonl, write_text
+
+NAME = "report"
+SECTION = "report"
+USES = ()
+
+SCORES = "eval/scores.json"
+COMPLETIONS = "eval/completions.jsonl"
+RESULTS = "report/results.md"
+CATS = ("grammar", "creativity", "consistency", "plot")
+SMALL_RUN_STORIES = 100_000  # below this many stories a run is a demonstration, not a reproduction
+
+log = logging.getLogger("tinystories.report")
+
+
+@dataclass
+class Config:
+    samples_per_model: int = 3  # sample completions shown per model (all for the same prompt)
+    sample_chars: int = 700  # cut shown completions after this many characters
+    dpi: int = 120  # chart resolution
+
+
+def inputs(cfg) -> list[str]:
+    return [SCORES, COMPLETIONS]
+
+
+def outputs(cfg) -> list[str]:
+    return [RESULTS]
+
+
+# -- formatting: one function per kind of number, so the test can recompute the text ----------
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_score(stat: dict | None) -> str:
+    """`mean ± ci95` as written in the tables."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    if stat.get("ci95") is None:
+        return fmt(stat["mean"])
+    return f"{fmt(stat['mean'])} ± {fmt(stat['ci95'])}"
+
+
+def fmt_share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.0f}%"
+
+
+def fmt_params(n: int | None) -> str:
+    if not n:
+        return "n/a"
+    return f"{n / 1e6:.2f}M"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    return out
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    return list(read_jsonl(path)) if path.exists() else []
+
+
+def model_dirs(rundir: RunDir) -> dict[str, Path]:
+    out = {}
+    for group in ("pretrain", "sft"):
+        root = rundir.path(group)
+        if root.is_dir():
+            for d in sorted(root.iterdir()):
+                if d.is_dir():
+                    out[f"{group}/{d.name}"] = d
+    return out
+
+
+def _last_val(metrics: list[dict]) -> dict | None:
+    vals = [m for m in metrics if m.get("val_loss") is not None]
+    return vals[-1] if vals else None
+
+
+# -- charts ------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def chart_scores(models: dict, task: str, cats: tuple[str, ...], path: Path, dpi: int, title: str) -> bool:
+    names = [m for m in models if task in models[m]["tasks"] and models[m]["tasks"][task]["n_judged"]]
+    if not names:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4.2))
+    width = 0.8 / len(cats)
+    for j, cat in enumerate(cats):
+        means = [models[m]["tasks"][task]["categories"].get(cat, {}).get("mean") or 0 for m in names]
+        errs = [models[m]["tasks"][task]["categories"].get(cat, {}).get("ci95") or 0 for m in names]
+        xs = [i + (j - (len(cats) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label=cat)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("judge score (1-10), 95% CI")
+    ax.set_title(title)
+    ax.legend(ncol=len(cats), fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
+def chart_vs_params(models: dict, params: dict[str, int], path: Path, dpi: int) -> bool:
+    plt = _plt()
+    series: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+    for name, m in models.items():
+        task = m["tasks"].get("continue")
+        if not task or not params.get(name) or m["kind"] == "baseline":
+            continue
+        for cat in ("grammar", "creativity", "consistency"):
+            stat = task["categories"].get(cat) or {}
+            if stat.get("mean") is not None:
+                series.setdefault((m["kind"], cat), []).append((params[name], stat["mean"], stat.get("ci95") or 0))
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = {"grammar": "tab:blue", "creativity": "tab:orange", "consistency": "tab:green"}
+    for (kind, cat), pts in sorted(series.items()):
+        pts.sort()
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=colors[cat], marker="o" if kind == "base" else "s", linestyle="-" if kind == "base" else "--", capsize=3, label=f"{cat} ({kind})")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("judge score (1-10)")
+    ax.set_ylim(0, 10)
+    ax.set_title("Scores vs model size (story beginnings)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
+def chart_val_loss(curves: dict[str, list[dict]], path: Path, dpi: int) -> bool:
+    curves = {k: [m for m in v if m.get("val_loss") is not None and m.get("tokens") is not None] for k, v in curves.items()}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, pts in sorted(curves.items()):
+        ax.plot([p["tokens"] for p in pts], [p["val_loss"] for p in pts], marker=".", label=name)
+    ax.set_xlabel("training tokens seen")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Validation loss vs tokens seen")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+
+def run(cfg, rundir: RunDir) -> dict:
+    c: Config = cfg.report
+    scores = read_json(rundir.path(SCORES))
+    for key in ("models", "reliability", "judge"):
+        if key not in scores:
+            raise UserError(f"{rundir.path(SCORES)}: no {key!r} section; rerun `tinystories judge --force --run-dir {rundir.root}`")
+    completions = list(read_jsonl(rundir.path(COMPLETIONS)))
+    models_info = read_json(rundir.path("eval/models.json")).get("models", {}) if rundir.path("eval/models.json").exists() else {}
+    manifest = rundir.manifest()
+    out_dir = rundir.path("report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = scores["models"]
+    params = {name: info.get("params") for name, info in models_info.items() if info.get("params")}
+
+    curves = {name: _read_metrics(d / "metrics.jsonl") for name, d in model_dirs(rundir).items()}
+    charts = {}
+    charts["scores_by_model.png"] = chart_scores(models, "continue", ("grammar", "creativity", "consistency"), out_dir / "scores_by_model.png", c.dpi, "Story completions: judge scores per model")
+    charts["instruct_scores.png"] = chart_scores(models, "instruct", CATS, out_dir / "instruct_scores.png", c.dpi, "Instruction following: judge scores per model")
+    charts["scores_vs_params.png"] = chart_vs_params(models, params, out_dir / "scores_vs_params.png", c.dpi)
+    charts["val_loss.png"] = chart_val_loss({k: v for k, v in curves.items() if k.startswith("pretrain/")}, out_dir / "val_loss.png", c.dpi)
+
+    md = render(scores, completions, models_info, curves, manifest, rundir, charts, c)
+    write_text(rundir.path(RESULTS), md)
+    return {"charts": sorted(k for k, v in charts.items() if v), "models": len(models), "unreliable_judge": bool(scores["reliability"].get("unreliable"))}
+
+
+def render(scores: dict, completions: list[dict], models_info: dict, curves: dict[str, list[dict]], manifest: dict, rundir: RunDir, charts: dict, c: Config) -> str:
+    rel = scores["reliability"]
+    models = scores["models"]
+    L: list[str] = ["# TinyStories run report", ""]
+    if rel.get("unreliable"):
+        L += [f"**WARNING: the judge is unreliable: {'; '.join(rel.get('reasons') or ['see the reliability section'])}. Treat every judge score below with suspicion; the perplexity and loss figures do not depend on the judge.**", ""]
+    L += [f"Run directory: `{rundir.root}`.", ""]
+
+    # Scale of the run.
+    n_stories = sum(1 for _ in read_jsonl(rundir.path("data/stories.jsonl"))) if rundir.path("data/stories.jsonl").exists() else None
+    tokens_seen = {name: (m[-1].get("tokens") if m else None) for name, m in curves.items() if name.startswith("pretrain/")}
+    L += ["## Scale of this run", ""]
+    scale = []
+    scale.append(f"{fmt(n_stories)} stories in data/stories.jsonl" if n_stories is not None else "no data/stories.jsonl in this run directory (stories were not generated here)")
+    for name, tok in sorted(tokens_seen.items()):
+        scale.append(f"{name} trained on {fmt(tok)} tokens")
+    scale.append(f"{fmt(len(completions))} completions from {fmt(len(models))} models")
+    L += ["This run: " + "; ".join(scale) + ".", ""]
+    if n_stories is None or n_stories < SMALL_RUN_STORIES:
+        L += ["**This is a small run: it demonstrates that the pipeline works end to end, not the paper's quality** (the paper trains on a synthetic corpus of millions of stories). Read the figures below as a test of the machinery.", ""]
+    else:
+        L += ["The figures below describe this run only; compare them with the paper's only where the data, model sizes and judge match.", ""]
+
+    # Scores on story beginnings.
+    L += ["## Judge scores: story completions", ""]
+    rows = []
+    for name, m in models.items():
+        t = m["tasks"].get("continue")
+        if not t:
+            continue
+        rows.append([name, m["kind"], fmt_params(models_info.get(name, {}).get("params")), *[fmt_score(t["categories"].get(cat)) for cat in ("grammar", "creativity", "consistency")], fmt(t["n_judged"]), fmt(t["n_failed"])])
+    if rows:
+        L += ["Mean grade out of 10 ± the half-width of its 95% confidence interval (over completions), for every model on the same story beginnings.", ""]
+        L += table(["model", "kind", "params", "grammar", "creativity", "consistency", "judged", "failed"], rows)
+        L += [""]
+        if charts.get("scores_by_model.png"):
+            L += ["![scores per model](scores_by_model.png)", ""]
+        failed = {name: m["tasks"]["continue"]["failure_reasons"] for name, m in models.items() if m["tasks"].get("continue", {}).get("failure_reasons")}
+        if failed:
+            L += ["Judge replies that could not be parsed (after retries) are counted as failures above, not as zeros. Reasons: " + "; ".join(f"{n}: " + ", ".join(f"{r} ({k})" for r, k in v.items()) for n, v in failed.items()) + ".", ""]
+    else:
+        L += ["No model completed the story beginnings (see `complete.models`).", ""]
+    if charts.get("scores_vs_params.png"):
+        L += ["![scores vs parameters](scores_vs_params.png)", ""]
+    else:
+        L += ["No scores-vs-parameters chart: it needs judged models with known parameter counts (eval/models.json from `tinystories complete`).", ""]
+
+    # Age groups.
+    age_names = scores.get("age_groups", {})
+    rows = []
+    for name, m in models.items():
+        for task, t in m["tasks"].items():
+            if t.get("age_groups"):
+                total = sum(t["age_groups"].values())
+                rows.append([name, task] + [fmt_share(t["age_groups"].get(g, 0) / total) for g in age_names])
+    if rows:
+        L += ["Age group the judge guessed for the writer (share of judged completions):", ""]
+        L += table(["model", "task"] + [f"{g} ({v})" for g, v in age_names.items()], rows)
+        L += [""]
+
+    # Instruct.
+    L += ["## Instruction following", ""]
+    rows = []
+    for name, m in models.items():
+        t = m["tasks"].get("instruct")
+        if t:
+            rows.append([name, *[fmt_score(t["categories"].get(cat)) for cat in CATS], fmt(t["n_judged"]), fmt(t["n_failed"])])
+    if rows:
+        L += table(["model", "grammar", "creativity", "consistency", "plot", "judged", "failed"], rows)
+        L += [""]
+        if charts.get("instruct_scores.png"):
+            L += ["![instruction following](instruct_scores.png)", ""]
+    else:
+        L += ["No instruct (SFT) model in this run: run `tinystories instruct-data` and `tinystories sft`, then `complete` again.", ""]
+
+    # Base vs instruct.
+    L += ["## Base vs instruct", ""]
+    pairs = []
+    for name, m in models.items():
+        if m["kind"] == "instruct" and name.startswith("sft/"):
+            base = f"pretrain/{name.split('/', 1)[1]}"
+            if base in models and "continue" in models[base]["tasks"] and "continue" in m["tasks"]:
+                pairs.append((base, name))
+    if pairs:
+        rows = []
+        for base, inst in pairs:
+            bt, it = models[base]["tasks"]["continue"]["categories"], models[inst]["tasks"]["continue"]["categories"]
+            rows.append([f"{base} → {inst}", *[f"{fmt_score(bt.get(cat))} → {fmt_score(it.get(cat))}" for cat in ("grammar", "creativity", "consistency")]])
+        L += ["The same story beginnings, before and after instruction tuning:", ""]
+        L += table(["models", "grammar", "creativity", "consistency"], rows)
+        L += [""]
+    else:
+        L += ["No base/instruct pair of the same size completed the story beginnings, so there is nothing to compare.", ""]
+
+    # Reliability.
+    L += ["## Judge reliability", ""]
+    cons = rel.get("consistency", {})
+    L += [f"Verdict: **{'unreliable' if rel.get('unreliable') else 'passes the checks'}** (word-salad discrimination on grammar must reach {fmt_share(rel.get('min_discrimination'))}).", ""]
+    if cons.get("n_pairs"):
+        L += [f"Consistency: {fmt(cons['n_pairs'])} completions judged twice with different seeds; mean absolute difference of the two grades (0 = identical, {fmt(cons.get('n_failed', 0))} repeat judgments failed):", ""]
+        L += table([c for c in CATS if c in cons["mean_abs_diff"]], [[fmt(cons["mean_abs_diff"][c]) for c in CATS if c in cons["mean_abs_diff"]]])
+        L += [""]
+    else:
+        L += ["Consistency: no completion was judged twice (judge.consistency_sample is 0 or every repeat failed).", ""]
+    disc = rel.get("discrimination", {})
+    rows = []
+    for kind, d in disc.items():
+        shares = d.get("share_original_better", {})
+        rows.append([kind, fmt(d.get("n_pairs", 0)), *[fmt_share(shares.get(cat)) for cat in CATS], fmt(d.get("n_failed", 0))])
+    if rows:
+        L += ["Discrimination: completions damaged on purpose and judged again; share of pairs where the original got the strictly higher grade (a working judge is near 100% for grammar on word salad and for consistency on swapped completions):", ""]
+        L += table(["damage", "pairs", *CATS, "failed"], rows)
+        L += [""]
+    ppl = scores.get("perplexity", {})
+    if ppl.get("discrimination"):
+        rows = [[kind, fmt(d.get("n_pairs", 0)), fmt_share(d.get("share_original_lower"))] for kind, d in ppl["discrimination"].items()]
+        L += [f"Judge-free check: the reference LM ({ppl.get('reference')}{', ' + str(ppl.get('model')) if ppl.get('model') else ''}) should give the original the lower perplexity:", ""]
+        L += table(["damage", "pairs", "original has lower perplexity"], rows)
+        L += [""]
+
+    # Perplexity.
+    L += ["## Perplexity under a reference model", ""]
+    if ppl.get("models"):
+        rows = [[name, fmt(p.get("ppl")), fmt(p.get("median_ppl")), fmt(p.get("n")), fmt(p.get("tokens"))] for name, p in ppl["models"].items()]
+        L += [f"Perplexity of each model's completions given their beginnings, under {ppl.get('reference')} {ppl.get('model') or ppl.get('path') or ''} (lower = more like the reference model's idea of a likely continuation):", ""]
+        L += table(["model", "perplexity (token-weighted)", "median per completion", "completions", "tokens"], rows)
+        L += [""]
+    else:
+        why = f": {ppl['unavailable']}" if ppl.get("unavailable") else ""
+        L += [f"Not measured (judge.reference is {ppl.get('reference', 'not set')}{why}).", ""]
+
+    # Validation loss.
+    L += ["## Validation loss", ""]
+    rows = []
+    for name, m in sorted(curves.items()):
+        last = _last_val(m)
+        if last:
+            rows.append([name, fmt(last.get("val_loss"), 4), fmt(last.get("val_bpb"), 4), fmt(last.get("tokens")), fmt(last.get("step"))])
+    if rows:
+        L += ["Last validation pass of each model: loss in nats per token, and in bits per byte (comparable across tokenizers).", ""]
+        L += table(["model", "val loss (nats/token)", "val bits/byte", "tokens seen", "step"], rows)
+        L += [""]
+        if charts.get("val_loss.png"):
+            L += ["![validation loss](val_loss.png)", ""]
+    else:
+        L += ["No metrics.jsonl with validation passes under pretrain/ or sft/ (run `tinystories pretrain`).", ""]
+
+    # Samples.
+    L += ["## Sample completions", ""]
+    L += sample_section(completions, c)
+
+    # Contamination.
+    L += ["## Contamination check", ""]
+    cont = scores.get("contamination", {})
+    if cont.get("n"):
+        flagged = cont.get("flagged", [])
+        L += [f"Word {cont['n']}-grams of every evaluation prompt searched in {fmt(cont.get('stories_scanned'))} training stories: {fmt(len(flagged))} of {fmt(len(cont.get('prompts', {})))} prompts share at least one.", ""]
+        if flagged:
+            L += table(["prompt", "shared n-grams", "share of its n-grams", "e.g. story"], [[p, fmt(cont["prompts"][p]["matched"]), fmt_share(cont["prompts"][p]["share"]), str(cont["prompts"][p]["example_story"])] for p in flagged])
+            L += [""]
+    else:
+        L += ["Not checked (judge.contamination_n is 0).", ""]
+
+    # Dataset statistics.
+    L += ["## Dataset", ""]
+    L += dataset_section(rundir)
+
+    # Provenance.
+    L += ["## Who wrote, trained and judged", ""]
+    L += provenance_section(rundir, scores, models_info)
+
+    # Stages.
+    L += ["## Stages: wall time and key metrics", ""]
+    rows = []
+    for name, rec in manifest.get("stages", {}).items():
+        if name == NAME:
+            continue  # this stage is still running while it writes the report
+        metrics = rec.get("metrics") or {}
+        keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:5]
+        rows.append([name, rec.get("status", "-"), fmt(rec.get("wall_s")), ", ".join(f"{k} {fmt(metrics[k])}" for k in keys)])
+    if rows:
+        L += table(["stage", "status", "wall s", "metrics"], rows)
+        L += [""]
+    else:
+        L += ["manifest.json records no stages.", ""]
+    return "\n".join(L).rstrip() + "\n"
+
+
+def sample_section(completions: list[dict], c: Config) -> list[str]:
+    cont = [r for r in completions if r["task"] == "continue"]
+    if not cont:
+        return ["No story completions to show.", ""]
+    models = sorted({r["model"] for r in cont})
+    # The first prompt every model completed, so the samples can be compared side by side.
+    common = sorted(set.intersection(*({r["prompt_id"] for r in cont if r["model"] == m} for m in models)))
+    prompt_id = common[0] if common else sorted({r["prompt_id"] for r in cont})[0]
+    prompt = next(r["prompt"] for r in cont if r["prompt_id"] == prompt_id)
+    L = [f"Prompt `{prompt_id}`: *{prompt}*", ""]
+    for m in models:
+        recs = sorted((r for r in cont if r["model"] == m and r["prompt_id"] == prompt_id), key=lambda r: r["sample_id"])[: c.samples_per_model]
+        L += [f"**{m}**", ""]
+        if not recs:
+            L += ["(no completion of this prompt)", ""]
+        for r in recs:
+            text = r["text"].strip()
+            if len(text) > c.sample_chars:
+                text = text[: c.sample_chars] + " …"
+            L += [f"> {r['sample_id']}: …{text}".replace("\n", " "), ""]
+    return L
+
+
+def dataset_section(rundir: RunDir) -> list[str]:
+    path = rundir.path("data/stats.json")
+    if not path.exists():
+        return ["No data/stats.json (made by `tinystories generate`).", ""]
+    stats = read_json(path)
+    rows = []
+
+    def walk(prefix: str, obj: Any, depth: int) -> None:
+        if isinstance(obj, dict) and depth < 2:
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v, depth + 1)
+        elif isinstance(obj, (int, float, str, bool)) or obj is None:
+            rows.append([prefix, fmt(obj) if not isinstance(obj, str) else obj])
+        elif isinstance(obj, list) and len(obj) <= 8 and all(isinstance(x, (int, float, str)) for x in obj):
+            rows.append([prefix, ", ".join(str(x) for x in obj)])
+
+    walk("", stats, 0)
+    if not rows:
+        return ["data/stats.json holds no figures.", ""]
+    return ["From data/stats.json:", "", *table(["statistic", "value"], rows[:60]), ""]
+
+
+def provenance_section(rundir: RunDir, scores: dict, models_info: dict) -> list[str]:
+    L = []
+    path = rundir.path("data/stories.jsonl")
+    if path.exists():
+        writers: dict[str, int] = {}
+        for rec in read_jsonl(path):
+            who = " / ".join(str(rec[k]) for k in ("backend", "model") if rec.get(k)) or "unknown (no model field)"
+            writers[who] = writers.get(who, 0) + 1
+        L += ["Stories were written by:", ""]
+        L += table(["backend / model", "stories"], [[k, fmt(v)] for k, v in sorted(writers.items(), key=lambda kv: -kv[1])])
+        L += [""]
+    else:
+        L += ["No data/stories.jsonl: the data's authors are unknown to this report.", ""]
+    j = scores.get("judge", {})
+    judge_id = j.get("judge", {})
+    L += [
+        f"Judge: backend {judge_id.get('backend', 'n/a')}, model {judge_id.get('model', 'n/a')}, template {j.get('template_version', 'n/a')}, temperature {fmt(j.get('temperature'))}, max tokens {fmt(j.get('max_tokens'))}, mode {j.get('mode', 'n/a')}.",
+        "",
+    ]
+    if models_info:
+        rows = []
+        for name, info in models_info.items():
+            rows.append([name, info.get("kind", "n/a"), fmt_params(info.get("params")), fmt(info.get("temperature")), fmt(info.get("top_p")), fmt(info.get("max_new_tokens")), fmt(info.get("samples")), fmt(info.get("completions"))])
+        L += ["Completions were sampled with:", ""]
+        L += table(["model", "kind", "params", "temperature", "top_p", "max new tokens", "samples per prompt", "completions"], rows)
+        L += [""]
+    return L

@@ -1,0 +1,107 @@
+"""The report renders from a tiny run directory; its numbers are those of scores.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_judge import install, judge_args, make_eval_run, rule_judge
+from tinystories import report
+from tinystories.cli import main
+
+
+def full_run(tmp_path, monkeypatch, judge_fn=rule_judge) -> Path:
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, judge_fn)
+    assert main(judge_args(run)) == 0
+    for name, start in (("pretrain/1M", 5.0), ("pretrain/8M", 4.0), ("sft/1M", 2.0)):
+        d = run / name
+        d.mkdir(parents=True)
+        recs = [{"step": s, "train_loss": start - s / 100, "tokens": s * 1000, "val_loss": start - s / 90, "val_bpb": (start - s / 90) / 3} for s in (10, 20, 30)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    models = {"pretrain/1M": {"kind": "base", "params": 1_200_000, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 300, "samples": 3, "completions": 12}, "sft/1M": {"kind": "instruct", "params": 1_200_000, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 300, "samples": 3, "completions": 13}}
+    (run / "eval" / "models.json").write_text(json.dumps({"models": models}))
+    (run / "data" / "stats.json").write_text(json.dumps({"stories": 5, "words": {"mean": 41.5, "max": 60}, "backend": "embedded"}))
+    return run
+
+
+def test_report_renders_every_section_and_chart(tmp_path, monkeypatch):
+    run = full_run(tmp_path, monkeypatch)
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    for heading in ("Scale of this run", "Judge scores: story completions", "Instruction following", "Base vs instruct", "Judge reliability", "Perplexity under a reference model", "Validation loss", "Sample completions", "Contamination check", "Dataset", "Who wrote, trained and judged", "Stages: wall time"):
+        assert f"## {heading}" in md, heading
+    assert "WARNING" not in md
+    for png in ("scores_by_model.png", "instruct_scores.png", "scores_vs_params.png", "val_loss.png"):
+        p = run / "report" / png
+        assert p.exists() and p.read_bytes()[:4] == b"\x89PNG" and f"({png})" in md
+    assert "pretrain/1M → sft/1M" in md
+    assert "| judge | done |" in md  # stage table from the manifest
+    # three samples of the same prompt per model
+    assert md.count("> 0: …") == 2 and md.count("> 2: …") == 2
+    assert "b2" in md.split("## Contamination check")[1]
+    assert "1.20M" in md
+
+
+def test_numbers_in_results_equal_scores_json(tmp_path, monkeypatch):
+    run = full_run(tmp_path, monkeypatch)
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    lines = md.splitlines()
+    for name, m in scores["models"].items():
+        t = m["tasks"]["continue"]
+        row = next(line for line in lines if line.startswith(f"| {name} |") and "| " + report.fmt(t["n_judged"]) + " |" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3:6] == [report.fmt_score(t["categories"][c]) for c in ("grammar", "creativity", "consistency")]
+        assert cells[6:8] == [str(t["n_judged"]), str(t["n_failed"])]
+    disc = scores["reliability"]["discrimination"]["word_salad"]
+    row = next(line for line in lines if line.startswith("| word_salad |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == str(disc["n_pairs"]) and cells[2] == report.fmt_share(disc["share_original_better"]["grammar"])
+    cons = scores["reliability"]["consistency"]["mean_abs_diff"]
+    assert "| " + " | ".join(report.fmt(cons[c]) for c in report.CATS if c in cons) + " |" in md
+    # the val-loss row is the last validation record of metrics.jsonl
+    assert "| pretrain/8M | 3.6667 | 1.2222 | 30,000 | 30 |" in md
+
+
+def test_unreliable_judge_warns_at_the_top(tmp_path, monkeypatch):
+    from test_judge import reply
+
+    run = full_run(tmp_path, monkeypatch, judge_fn=lambda req: reply(7, 7, 7))
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    first = md.split("\n## ")[0]
+    assert "**WARNING: the judge is unreliable" in first and "word salad" in first
+
+
+def test_missing_optional_inputs_give_sections_not_failures(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run, "--set", "judge.contamination_n=0")) == 0
+    # drop the instruct model's records entirely: a base-only run
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    del scores["models"]["sft/1M"]
+    (run / "eval" / "scores.json").write_text(json.dumps(scores))
+    (run / "data" / "stories.jsonl").unlink()
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    assert "No instruct (SFT) model in this run" in md
+    assert "No base/instruct pair" in md
+    assert "No metrics.jsonl with validation passes" in md
+    assert "No data/stats.json" in md
+    assert "Not checked (judge.contamination_n is 0)" in md
+    assert not (run / "report" / "val_loss.png").exists()
+
+
+def test_missing_scores_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "eval/scores.json" in err and "tinystories judge" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("value, text", [(None, "n/a"), (3, "3"), (1234567, "1,234,567"), (2.5, "2.50")])
+def test_fmt(value, text):
+    assert report.fmt(value) == text
