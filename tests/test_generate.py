@@ -279,7 +279,7 @@ def test_two_real_stories_from_the_embedded_model(run_dir):
         "llm.max_attempts=1",  # 2 requests in all: the machine may be shared and slow
         "generate.num_stories=2",
         "generate.max_requests=2",
-        "generate.max_tokens=120",
+        "generate.max_tokens=64",  # smollm2 rarely stops by itself; a truncated story is a valid outcome here
         "generate.require_words=false",
         "generate.min_words=5",
     )

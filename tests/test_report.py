@@ -105,3 +105,31 @@ def test_missing_scores_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("value, text", [(None, "n/a"), (3, "3"), (1234567, "1,234,567"), (2.5, "2.50")])
 def test_fmt(value, text):
     assert report.fmt(value) == text
+
+
+def test_complete_judge_report_chain_on_tiny_models(tmp_path, monkeypatch):
+    """The three evaluation stages through the CLI, on real (tiny, random) checkpoints."""
+    pytest.importorskip("torch")
+    from test_complete import complete_args, make_model_dir, write_prompts
+    from test_judge import reply
+
+    run = tmp_path / "run"
+    make_model_dir(run / "pretrain" / "1M", seed=0)
+    make_model_dir(run / "sft" / "1M", seed=1)
+    prompts = write_prompts(tmp_path / "prompts.json", n_begin=2, n_instr=1)
+    assert main(complete_args(run, prompts)) == 0
+    (run / "data").mkdir(exist_ok=True)
+    (run / "data" / "stories.jsonl").write_text(json.dumps({"id": 0, "text": "Max the dog ran to the park.", "model": "m", "backend": "scripted"}) + "\n")
+    install(monkeypatch, lambda req: reply(6, 5, 4))
+    args = ["judge", "--run-dir", str(run), "--set", f"judge.reference={run / 'pretrain' / '1M'}", "--set", "judge.consistency_sample=3", "--set", "judge.discrimination_sample=3"]
+    assert main(args) == 0
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["models"]["pretrain/1M"]["tasks"]["continue"]["n_judged"] == 6
+    assert scores["models"]["sft/1M"]["tasks"]["instruct"]["categories"]["plot"]["mean"] == 5
+    assert "**WARNING: the judge is unreliable" in md  # a constant judge
+    for name, p in scores["perplexity"]["models"].items():
+        assert f"| {name} | {report.fmt(p['ppl'])} |" in md
+    assert "| scripted / m | 1 |" in md
+    assert "| complete | done |" in md and "| judge | done |" in md

@@ -634,7 +634,7 @@ class StatsAccumulator:
         self.tokens_top2000 = 0
         self.tokens_vocab = 0
         self.sample_size = sample_size
-        self.sample: list[list[str]] = []
+        self.sample: list[str] = []  # story texts (a text is ~10x smaller than its token list)
         self._rng = random.Random(seed)
 
     def add(self, record: dict) -> None:
@@ -656,22 +656,35 @@ class StatsAccumulator:
             self.tokens_vocab += sum(map(self.vocab_forms.__contains__, tokens))
         # reservoir sample (Algorithm R): every story is equally likely to be in it
         if len(self.sample) < self.sample_size:
-            self.sample.append(tokens)
+            self.sample.append(text)
         else:
             j = self._rng.randrange(self.kept)
             if j < self.sample_size:
-                self.sample[j] = tokens
+                self.sample[j] = text
 
     def distinct(self, n: int) -> float:
-        total, seen = 0, set()
-        for toks in self.sample:
-            grams = list(zip(*(toks[i:] for i in range(n))))
-            total += len(grams)
-            seen.update(grams)
-        return round(len(seen) / total, 4) if total else 0.0
+        """Distinct n-grams / all n-grams over the sample, counted on 64-bit n-gram hashes (a set
+        of tuples of strings would take ~100 bytes per n-gram; these take 8)."""
+        chunks = []
+        for start in range(0, len(self.sample), 1000):  # bounded temporaries: ~1.5 MB of text at a time
+            tb = TokenBatch(self.sample[start : start + 1000])
+            h, counts = tb.hashes, tb.counts
+            eff = np.maximum(counts - n + 1, 0)
+            if not eff.sum():
+                continue
+            # position of every n-gram that lies inside one story
+            pos = np.arange(int(eff.sum())) - np.repeat(np.cumsum(eff) - eff, eff) + np.repeat(tb.offsets[:-1], eff)
+            gram = h[pos]
+            for j in range(1, n):
+                gram = _mix(gram * np.uint64(0x9E3779B97F4A7C15) + h[pos + j])
+            chunks.append(gram)
+        if not chunks:
+            return 0.0
+        grams = np.concatenate(chunks)
+        return round(len(np.unique(grams)) / len(grams), 4)
 
     def result(self, rejected: Counter, attempted: int | None = None) -> dict:
-        openings = Counter(" ".join(t[:5]) for t in self.sample if len(t) >= 5)
+        openings = Counter(" ".join(t) for t in (tokenize(text[:200])[:5] for text in self.sample) if len(t) == 5)
         top_open, top_count = openings.most_common(1)[0] if openings else ("", 0)
         n_rej = sum(rejected.values())
         dedup_pool = self.kept + rejected.get(DUPLICATE, 0) + rejected.get(NEAR_DUPLICATE, 0)
@@ -746,7 +759,7 @@ class DatasetBuilder:
         """Open the appenders (repairing a torn last line) and rebuild the state from disk."""
         self._stories = JsonlWriter(self.stories_path, sync_every=64)
         self._rejects = JsonlWriter(self.rejected_path, sync_every=64)
-        for batch in batched(read_jsonl(self.stories_path), 4096):
+        for batch in batched(read_jsonl(self.stories_path), 1024):
             ids = [rec["id"] for rec in batch]
             self.done.update(ids)
             self.kept += len(batch)
