@@ -104,3 +104,11 @@ def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(1, "generate") == derive_seed(1, "generate")
     assert derive_seed(1, "generate") != derive_seed(1, "pretrain")
     assert derive_seed(1, "generate") != derive_seed(2, "generate")
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "paper.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / name)
+    assert cfg.pretrain.sizes and cfg.seed == 1337
