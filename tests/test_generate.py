@@ -277,6 +277,7 @@ def test_two_real_stories_from_the_embedded_model(run_dir):
         "llm.backend=embedded",
         "llm.model=smollm2-135m",
         "llm.max_attempts=1",  # 2 requests in all: the machine may be shared and slow
+        "llm.timeout_s=900",  # ... so slow that the default 120 s per request can pass
         "generate.num_stories=2",
         "generate.max_requests=2",
         "generate.max_tokens=64",  # smollm2 rarely stops by itself; a truncated story is a valid outcome here

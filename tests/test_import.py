@@ -107,7 +107,7 @@ def test_import_tinystories_shards_keeps_provenance(run_dir, tmp_path):
                 {
                     "story": story(n),
                     "instruction": {
-                        "prompt:": f'Write a short story (3-5 paragraphs) ... use the verb "jump", the noun "ball" and the adjective "happy". ...',
+                        "prompt:": 'Write a short story (3-5 paragraphs) ... use the verb "jump", the noun "ball" and the adjective "happy". ...',
                         "words": ["jump", "ball", "happy"],
                         "features": ["Dialogue", "BadEnding"] if n % 2 else [],
                     },

@@ -23,13 +23,11 @@ size (`stats_sample`), which also makes them comparable between datasets of diff
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
 import re
 from collections import Counter
-from itertools import chain
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -735,8 +733,9 @@ def stats_table(stats: dict) -> str:
 class DatasetBuilder:
     """Filter, dedup and append stories; resume from what is on disk; finish with txt + stats."""
 
-    def __init__(self, rundir, options: FilterOptions, seed: int = 0):
+    def __init__(self, rundir, options: FilterOptions, seed: int = 0, sync_every: int = 64):
         self.rundir = rundir
+        self.sync_every = sync_every  # fsync the appenders every N records (a kill loses nothing flushed; a power cut at most N)
         self.opts = options
         self.seed = seed
         self.filter = StoryFilter(options)
@@ -757,8 +756,8 @@ class DatasetBuilder:
 
     def open(self) -> "DatasetBuilder":
         """Open the appenders (repairing a torn last line) and rebuild the state from disk."""
-        self._stories = JsonlWriter(self.stories_path, sync_every=64)
-        self._rejects = JsonlWriter(self.rejected_path, sync_every=64)
+        self._stories = JsonlWriter(self.stories_path, sync_every=self.sync_every)
+        self._rejects = JsonlWriter(self.rejected_path, sync_every=self.sync_every)
         for batch in batched(read_jsonl(self.stories_path), 1024):
             ids = [rec["id"] for rec in batch]
             self.done.update(ids)

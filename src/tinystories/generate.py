@@ -18,6 +18,10 @@ prompt, model, seed, token counts and words_used), data/rejected.jsonl (id, reas
 and `duplicate_of` for duplicates), data/tinystories_dataset.txt (kept stories, each
 followed by a line `<|endoftext|>`) and data/stats.json. Killed and rerun, it sends only the
 requests not yet answered (answers also sit in cache/llm) and never writes an id twice.
+Memory stays flat apart from the dedup index (about 1 KB per kept story, see filters.py).
+Stories are appended in the order answers arrive: with llm.concurrency 1 (the embedded
+backend) that is id order; with several requests in flight, which of two duplicates is kept
+can depend on timing.
 """
 
 from __future__ import annotations

@@ -348,7 +348,6 @@ def train(
     fwd_model.train()
     step = start_step
     last_train, last_val = float("nan"), float("nan")
-    tokens_per_step = s.batch_size * s.context * s.grad_accum * world
     window_t, window_tokens = time.perf_counter(), 0
     tok_s = 0.0
     with progress_bar(description, total=s.max_steps, unit="step") if is_main else contextlib.nullcontext() as bar:
@@ -377,10 +376,13 @@ def train(
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += tokens_per_step
+            # Input tokens processed (padding included: it costs compute); exact for fixed-length
+            # pretraining windows, rank 0's count times the world for variable-length SFT batches.
+            step_tokens = sum(int(x.numel()) for x, _ in batches) * world
+            tokens_seen += step_tokens
             dt = time.perf_counter() - t0
             train_time += dt
-            window_tokens += tokens_per_step
+            window_tokens += step_tokens
             last_train = loss_acc
 
             if debug_dir:
