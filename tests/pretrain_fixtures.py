@@ -73,6 +73,7 @@ def write_config(path: Path, **pretrain) -> Path:
         "checkpoint_interval": 3,
         "log_interval": 1,
         "dtype": "fp32",
+        "compile": False,
     }
     base.update(pretrain)
     path.write_text(yaml.safe_dump({"seed": 7, "pretrain": base}))

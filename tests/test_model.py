@@ -61,6 +61,22 @@ def test_logits_match_transformers_gpt_neo(tmp_path):
         torch.testing.assert_close(model(x, labels=labels), hf(x, labels=labels).loss, atol=1e-5, rtol=1e-5)
 
 
+def test_logits_match_across_attention_chunks(tmp_path):
+    """Sequences longer than the CPU attention chunk (256 rows): the chunk borders, global
+    layers' later chunks and windows reaching back across a border all match transformers."""
+    from transformers import GPTNeoForCausalLM
+
+    from tinystories.model import ATTN_CHUNK
+
+    shape = Shape(hidden_size=32, num_layers=2, num_heads=4, window_size=100, max_position=640)
+    model = _perturbed_model(shape)
+    save_hf(model, tmp_path / "ckpt")
+    hf = GPTNeoForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    x = torch.randint(0, VOCAB, (1, 2 * ATTN_CHUNK + 77), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-4, rtol=1e-4)
+
+
 def test_gradients_match_transformers(tmp_path):
     from transformers import GPTNeoForCausalLM
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -156,16 +157,25 @@ def cmd_llm(args) -> int:
     return 0
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (tests and wrappers swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _show_warnings_on_stderr() -> None:
     """Stages log to logs/STAGE.log; warnings (skipped pairs, retries given up) also belong on screen."""
-    import logging
-
     logger = logging.getLogger("tinystories")
-    if not any(getattr(h, "_tinystories_stderr", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderrHandler) for h in logger.handlers):
+        handler = _CurrentStderrHandler()
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter("warning: %(message)s"))
-        handler._tinystories_stderr = True
         logger.addHandler(handler)
 
 

@@ -60,7 +60,7 @@ class Config:
     checkpoint_interval: int = 200  # steps between resumable checkpoints (and always at the end)
     log_interval: int = 10  # steps between metrics.jsonl records
     dtype: str = "auto"  # bf16 | fp32 | auto (bf16 autocast where the CPU/GPU supports it)
-    compile: bool = False  # torch.compile the model (pays off on long runs; falls back to eager on failure)
+    compile: bool = True  # torch.compile the model: ~1.1-1.3x faster steps for ~30 s of compiling per size (falls back to eager on failure)
 
     def check(self) -> list[str]:
         from tinystories.model import PRESETS, SHAPE_FIELDS, Shape

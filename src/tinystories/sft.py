@@ -397,15 +397,15 @@ def run(cfg, rundir) -> dict:
             encoded[tok_sha] = encode_pairs(tokenizer, pairs, sc.context)
         examples, counts = encoded[tok_sha]
         train_ex, val_ex, bpt = _split(pairs, examples, counts["per_example"], val_ids)
-        if counts["skipped_no_supervised_token"]:
-            log.warning(
-                "sft %s: %d of %d pairs skipped: the prompt fills sft.context (%d tokens), leaving no story token to learn",
-                name, counts["skipped_no_supervised_token"], len(pairs), sc.context,
-            )
         if not train_ex and not val_ex:
             raise UserError(
                 f"sft: no pair in {dataset} has a story token to learn: every prompt fills sft.context ({sc.context} tokens); "
                 "raise sft.context or shorten the instructions"
+            )
+        if counts["skipped_no_supervised_token"]:
+            log.warning(
+                "sft %s: %d of %d pairs skipped: the prompt fills sft.context (%d tokens), leaving no story token to learn",
+                name, counts["skipped_no_supervised_token"], len(pairs), sc.context,
             )
         if not train_ex:
             raise UserError(f"sft: every usable pair of {dataset} is held out; lower sft.val_fraction ({sc.val_fraction}) or add data")
