@@ -188,3 +188,23 @@ def test_compiled_training_runs_compiled(run_dir, tmp_path, caplog):
     records = read_metrics(run_dir / "pretrain" / "tiny" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["train_loss"] == r["train_loss"] for r in records)  # not NaN
+
+
+def test_changed_data_retrains_instead_of_keeping_a_stale_checkpoint(run_dir, tmp_path):
+    """After new tokens (here: meta.json changes), rerunning pretrain must not keep the old model."""
+    import json
+
+    cfg = write_config(tmp_path / "c.yaml")
+    run = run_dir
+    argv = ["pretrain", "--run-dir", str(run), "--config", str(cfg)]
+    assert main(argv) == 0
+    info = json.loads((run / "pretrain" / "tiny" / "tinystories.json").read_text())
+    meta_path = run / "data" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["note"] = "re-prepared"
+    meta_path.write_text(json.dumps(meta))
+    assert main(argv) == 0
+    info2 = json.loads((run / "pretrain" / "tiny" / "tinystories.json").read_text())
+    assert info2["data_id"] != info["data_id"]
+    steps = [json.loads(line)["step"] for line in (run / "pretrain" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # a fresh curve, not an appended one

@@ -21,12 +21,16 @@ checkpoint; a size that finished is skipped; `--force pretrain` starts over.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tinystories.errors import UserError
+from tinystories.rundir import sha256_path
+
+log = logging.getLogger(__name__)
 
 NAME = "pretrain"
 SECTION = "pretrain"
@@ -201,6 +205,21 @@ def load_data(rundir, c: Config) -> tuple[dict, Any, Any]:
     return meta, splits["train"], splits["val"]
 
 
+def _trained_on_other_data(out_dir, data_id: str) -> bool:
+    """A checkpoint (finished or not) from other tokens must not be resumed or kept as current:
+    the executor reruns pretrain because its inputs changed, so start that size over."""
+    import json
+
+    info = out_dir / "tinystories.json"
+    if not info.exists():
+        return False
+    saved = json.loads(info.read_text(encoding="utf-8")).get("data_id")
+    if saved is not None and saved != data_id:
+        log.warning("pretrain: %s was trained on other data (data/meta.json changed); starting it over", out_dir)
+        return True
+    return False
+
+
 def run(cfg, rundir) -> dict:
     import dataclasses
 
@@ -240,10 +259,12 @@ def run(cfg, rundir) -> dict:
         compile=c.compile,
         seed=seed,
     )
+    # The tokens a checkpoint was trained on: meta.json records the tokenizer's sha256 and the split counts.
+    data_id = sha256_path(rundir.path(META))
     metrics: dict[str, Any] = {}
     for size, shape in shapes.items():
         out_dir = rundir.path(f"{OUT_DIR}/{size}")
-        if getattr(rundir, "force", False) and process_state().is_main_process:
+        if process_state().is_main_process and (getattr(rundir, "force", False) or _trained_on_other_data(out_dir, data_id)):
             discard_checkpoint(out_dir)
         process_state().wait_for_everyone()
         import torch
@@ -262,7 +283,7 @@ def run(cfg, rundir) -> dict:
             bytes_per_token=bpt,
             description=f"pretrain {size}",
             stage=NAME,
-            extra={"size": size, "shape": shape.to_dict(), "settings": dataclasses.asdict(settings)},
+            extra={"size": size, "shape": shape.to_dict(), "settings": dataclasses.asdict(settings), "data_id": data_id},
         )
         metrics[size] = {
             **{k: result.get(k) for k in ("train_loss", "val_loss", "val_bpb", "tokens_seen", "tokens_per_s", "steps", "dtype")},
