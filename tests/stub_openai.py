@@ -104,6 +104,7 @@ class StubServer:
         self.batches: dict[str, dict] = {}
         self.batch_polls_until_done = 1  # a batch reports in_progress this many times before it completes
         self.refuse_batches = 0  # answer this many batch creations with 503 (a kill between upload and create)
+        self.reply = reply_text  # body -> answer text; tests swap in their own writer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._thread: threading.Thread | None = None
@@ -224,7 +225,7 @@ class StubServer:
         conn.send(200, json.dumps(self.completion(body)).encode(), record=record)
 
     def completion(self, body: dict) -> dict:
-        text = reply_text(body)
+        text = self.reply(body)
         words = text.split()
         finish = "stop"
         max_tokens = body.get("max_tokens")

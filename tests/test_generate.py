@@ -333,3 +333,32 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_stories(run_dir, monkeypat
     assert len(backend.calls) <= 40 - done_before  # answers cached before the kill are not asked again
     assert stories.read_text().endswith("\n")
     assert stories.read_text().startswith(whole_lines)  # resumed, not restarted
+
+
+def test_batch_api_answers_first_attempts_then_the_live_loop_uses_the_cache(run_dir, tmp_path):
+    """generate.batch_api: stories come back through /v1/batches into the cache; no live call is made."""
+    from stub_openai import StubServer
+
+    stub = StubServer()
+    stub.start()
+    try:
+
+        class Body:  # good_story reads the prompt and the seed off a request-like object
+            def __init__(self, body):
+                self.messages = body["messages"]
+                self.prompt = None
+                self.seed = body.get("seed", 0)
+
+        stub.reply = lambda body: good_story(Body(body))
+        sets = ["llm.backend=openai", f"llm.base_urls=[{stub.urls[0]}]", "llm.model=stub-model",
+                "generate.num_stories=4", "generate.batch_api=true", "generate.batch_poll_s=0.01"]  # fmt: skip
+        assert generate(run_dir, *sets) == 0
+        stories = list(read_jsonl(run_dir / "data" / "stories.jsonl"))
+        assert len(stories) == 4 and all(s["backend"] == "openai" for s in stories)
+        assert len(stub.batches) == 1
+        live = [r for r in stub.records if r.path.endswith("/chat/completions")]
+        assert live == []  # every first attempt was answered by the batch
+        state = json.loads((run_dir / "data" / ".generate_batch.json").read_text())
+        assert state["batch_id"] in stub.batches
+    finally:
+        stub.stop()

@@ -63,6 +63,8 @@ class Config(FilterOptions):
     temperature: float = 1.0  # sampling temperature
     top_p: float = 1.0  # nucleus sampling
     llm: dict[str, Any] = field(default_factory=dict)  # overrides of the root llm: section for this stage only
+    batch_api: bool = False  # openai backend: send first attempts through the OpenAI Batch API (half price, hours), then retries live
+    batch_poll_s: float = 60.0  # seconds between Batch API status polls
 
     def check(self) -> list[str]:
         problems = self.filter_problems()
@@ -201,6 +203,24 @@ def outputs(cfg) -> list[str]:
     return [STORIES, REJECTED, DATASET, STATS] if cfg.generate.num_stories > 0 else []
 
 
+def _answer_through_batch(gcfg, llm_cfg, rundir: RunDir, builder, base_seed: int, vocab: dict, cap: int) -> None:
+    """First attempts of the stories still missing go through the Batch API into the answer cache;
+    the live loop below then takes them as cache hits and only retries go live. The batch id is
+    kept in a state file, so a killed run resumes the same batch instead of paying twice."""
+    from tinystories.llm.batch import run_batch
+
+    need = gcfg.num_stories - builder.kept
+    pending = []
+    i = 0
+    while len(pending) < need and i < cap:
+        if story_id(i) not in builder.done:
+            pending.append(make_request(i, story_params(base_seed, i, vocab, gcfg), gcfg, llm_cfg.mode)[0])
+        i += 1
+    if pending:
+        summary = run_batch(llm_cfg, pending, rundir.path("cache/llm"), rundir.path("data/.generate_batch.json"), poll_s=gcfg.batch_poll_s)
+        log.info("generate: Batch API %s", {k: v for k, v in summary.items() if k != "failures"})
+
+
 def run(cfg, rundir: RunDir) -> dict:
     from tinystories.config import derive_seed
     from tinystories.llm import Reject, make_client
@@ -285,6 +305,8 @@ def run(cfg, rundir: RunDir) -> dict:
                 yield request
             i += 1
 
+    if gcfg.batch_api:
+        _answer_through_batch(gcfg, llm_cfg, rundir, builder, base_seed, vocab, cap)
     client = make_client(llm_cfg, rundir.path("cache/llm"))
     try:
         while True:
