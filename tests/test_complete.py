@@ -249,9 +249,10 @@ def test_complete_writes_every_model_prompt_sample(eval_run):
     recs = list(read_jsonl(run / "eval" / "completions.jsonl"))
     base = [r for r in recs if r["model"] == "pretrain/1M"]
     inst = [r for r in recs if r["model"] == "sft/1M"]
-    assert len(base) == 3 * 3 and {r["task"] for r in base} == {"continue"} and {r["kind"] for r in base} == {"base"}
+    # base models too get the instructions (complete.base_instructions defaults to on)
+    assert len(base) == (3 + 2) * 3 and {r["task"] for r in base} == {"continue", "instruct"} and {r["kind"] for r in base} == {"base"}
     assert len(inst) == (3 + 2) * 3 and {r["task"] for r in inst} == {"continue", "instruct"}
-    assert all(r["words"] == ["dog", "ball", "run"] for r in inst if r["task"] == "instruct")
+    assert all(r["words"] == ["dog", "ball", "run"] for r in recs if r["task"] == "instruct")
     keys = [(r["model"], r["prompt_id"], r["sample_id"]) for r in recs]
     assert len(keys) == len(set(keys))
     for r in recs:
@@ -285,7 +286,7 @@ def test_complete_resumes_after_a_kill_without_duplicates(eval_run, monkeypatch)
     assert main(complete_args(run, prompts)) == 0
     recs = list(read_jsonl(run / "eval" / "completions.jsonl"))
     keys = [(r["model"], r["prompt_id"], r["sample_id"]) for r in recs]
-    assert len(recs) == 9 + 15 and len(set(keys)) == len(keys)
+    assert len(recs) == 15 + 15 and len(set(keys)) == len(keys)
     assert recs[:7] == first_seven
 
     # a clean run from scratch gives the very same completions (seeds per sample, not per batch)
@@ -305,7 +306,34 @@ def test_changed_settings_drop_stale_rows(eval_run):
     assert main(complete_args(run, prompts)) == 0
     assert main(complete_args(run, prompts, "--set", "complete.max_new_tokens=5")) == 0
     recs = list(read_jsonl(run / "eval" / "completions.jsonl"))
-    assert len(recs) == 24 and all(r["completion_tokens"] <= 5 for r in recs)
+    assert len(recs) == 30 and all(r["completion_tokens"] <= 5 for r in recs)
+
+
+def test_base_models_get_the_instructions_only_when_asked(eval_run):
+    from transformers import AutoTokenizer
+
+    from tinystories.complete import instruct_prompt
+
+    run, prompts = eval_run
+    assert main(complete_args(run, prompts)) == 0
+    recs = list(read_jsonl(run / "eval" / "completions.jsonl"))
+    base_instr = [r for r in recs if r["model"] == "pretrain/1M" and r["task"] == "instruct"]
+    sft_instr = [r for r in recs if r["model"] == "sft/1M" and r["task"] == "instruct"]
+    assert sorted((r["prompt_id"], r["sample_id"]) for r in base_instr) == sorted((r["prompt_id"], r["sample_id"]) for r in sft_instr)
+    assert len(base_instr) == 2 * 3 and all(r["kind"] == "base" for r in base_instr)
+    # the same SFT prompt text for both; the base model reads it after an eos, as every training document
+    tok = AutoTokenizer.from_pretrained(str(run / "pretrain" / "1M"))
+    by_id = {x["prompt_id"]: x for x in sft_instr}
+    for r in base_instr:
+        n = len(tok(instruct_prompt(r["prompt"]), add_special_tokens=False).input_ids)
+        assert r["prompt_tokens"] == n + 1 and by_id[r["prompt_id"]]["prompt_tokens"] == n
+        assert r["prompt"] == by_id[r["prompt_id"]]["prompt"] and r["words"] == ["dog", "ball", "run"]
+
+    assert main(complete_args(run, prompts, "--set", "complete.base_instructions=false")) == 0
+    recs = list(read_jsonl(run / "eval" / "completions.jsonl"))
+    assert {r["task"] for r in recs if r["model"] == "pretrain/1M"} == {"continue"}
+    assert len([r for r in recs if r["model"] == "pretrain/1M"]) == 3 * 3
+    assert len([r for r in recs if r["model"] == "sft/1M" and r["task"] == "instruct"]) == 2 * 3
 
 
 def test_missing_model_is_a_one_line_error(tmp_path, capsys):

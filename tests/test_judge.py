@@ -87,6 +87,13 @@ def test_damage_functions():
     assert judge.damage("swapped", text, rng, text) is None
 
 
+def test_proportion_ci_is_the_wilson_interval():
+    # textbook values: 0 of 10 -> [0, 0.2775]; 5 of 10 -> [0.2366, 0.7634]
+    assert judge.proportion_ci(0, 10) == {"share": 0.0, "low": 0.0, "high": 0.2775, "hits": 0, "n": 10}
+    assert judge.proportion_ci(5, 10)["low"] == 0.2366 and judge.proportion_ci(5, 10)["high"] == 0.7634
+    assert judge.proportion_ci(0, 0)["share"] is None
+
+
 def test_mean_ci():
     r = judge.mean_ci([4, 6, 8])
     assert r["mean"] == 6 and r["n"] == 3 and abs(r["ci95"] - 4.303 * 2 / 3**0.5) < 1e-3
@@ -276,3 +283,60 @@ def test_reference_without_token_scores_is_reported_not_faked(tmp_path, monkeypa
     assert main(args) == 0
     ppl = json.loads((run / "eval" / "scores.json").read_text())["perplexity"]
     assert ppl["reference"] == "embedded" and "cannot score tokens" in ppl["unavailable"] and ppl["models"] == {}
+
+
+# -- word compliance (judge-free instruction following) -----------------------------------------
+
+
+def _instr(model, kind, pid, k, words, text, task="instruct"):
+    return {"model": model, "kind": kind, "task": task, "prompt_id": pid, "sample_id": k, "prompt": "Words: " + ", ".join(words), "words": words, "text": text}
+
+
+def test_word_compliance_counts_inflections_and_missing_words():
+    recs = [
+        _instr("sft/1M", "instruct", "i0", 0, ["jump", "mouse"], " The Mice jumped over the log."),  # both, inflected
+        _instr("sft/1M", "instruct", "i0", 1, ["jump", "mouse"], " The dog jumps high."),  # mouse missing
+        _instr("sft/1M", "instruct", "i1", 0, [], " A bird learns to fly."),  # no words requested: not counted
+        _instr("sft/1M", "instruct", "b0", 0, ["mouse"], " no mouse here", task="continue"),  # not an instruction
+        _instr("pretrain/1M", "base", "i0", 0, ["happy", "tree"], " She was happier than the trees."),
+        _instr("pretrain/1M", "base", "i0", 1, ["happy", "tree"], " He ran home."),
+        _instr("pretrain/1M", "base", "i1", 0, ["cake", "share", "brave"], " They shared the cake."),  # 2 of 3
+    ]
+    wc = judge.word_compliance(recs)["models"]
+    sft, base = wc["sft/1M"], wc["pretrain/1M"]
+    assert sft["kind"] == "instruct" and sft["instruction_completions"] == 3 and sft["n"] == 2
+    assert sft["all_words"]["share"] == 0.5 and sft["all_words"]["hits"] == 1 and sft["words_present"]["mean"] == 0.75
+    assert base["kind"] == "base" and base["n"] == 3
+    assert base["all_words"]["share"] == round(1 / 3, 4) and base["all_words"]["hits"] == 1
+    assert base["words_present"]["mean"] == round((1 + 0 + 2 / 3) / 3, 4)
+    assert base["words_present"]["ci95"] is not None and base["all_words"]["n"] == 3
+    # a word inside another word does not count
+    assert judge.word_compliance([_instr("m", "instruct", "i", 0, ["cat"], " The category was caterpillars.")])["models"]["m"]["all_words"]["share"] == 0.0
+
+
+def _with_base_instructions(run: Path) -> None:
+    path = run / "eval" / "completions.jsonl"
+    recs = list(read_jsonl(path))
+    for k in range(3):
+        recs.append({"model": "pretrain/1M", "kind": "base", "task": "instruct", "prompt_id": "i0", "sample_id": k, "prompt": "Words: dog, ball\nFeatures: Dialogue", "words": ["dog", "ball"], "text": " The ball was red." if k else " " + STORIES[0], "prompt_tokens": 9, "completion_tokens": 30, "seed": 1})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_base_instruction_completions_are_scored_for_words_but_never_judged(tmp_path, monkeypatch):
+    plain = make_eval_run(tmp_path / "a")
+    probed = make_eval_run(tmp_path / "b")
+    _with_base_instructions(probed)
+    backend = install(monkeypatch, rule_judge)
+    keys = {}
+    for run in (plain, probed):
+        assert main(judge_args(run, "--set", "judge.max_judged=3", "--set", "judge.consistency_sample=2", "--set", "judge.discrimination_sample=2")) == 0
+        keys[run] = sorted(r["key"] for r in read_jsonl(run / "eval" / "judgments.jsonl"))
+    # the judge workload (what is sampled and sent) is the same as without the base-model instructions
+    assert keys[plain] == keys[probed] and keys[plain]
+    assert backend.calls and not any("The ball was red." in r.messages[-1]["content"] for r in backend.calls)
+    scores = json.loads((probed / "eval" / "scores.json").read_text())
+    assert set(scores["models"]["pretrain/1M"]["tasks"]) == {"continue"}
+    wc = scores["word_compliance"]["models"]
+    # STORIES[0] has "ball" but not "dog"; " The ball was red." neither all
+    assert wc["pretrain/1M"]["n"] == 3 and wc["pretrain/1M"]["all_words"]["share"] == 0.0 and wc["pretrain/1M"]["words_present"]["mean"] == 0.5
+    assert wc["sft/1M"]["n"] == 1 and wc["sft/1M"]["kind"] == "instruct"

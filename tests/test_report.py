@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_judge import install, judge_args, make_eval_run, rule_judge
+from test_judge import _with_base_instructions, install, judge_args, make_eval_run, rule_judge
 from tinystories import report
 from tinystories.cli import main
 
@@ -67,6 +67,28 @@ def test_numbers_in_results_equal_scores_json(tmp_path, monkeypatch):
     assert "| pretrain/8M | 3.6667 | 1.2222 | 30,000 | 30 |" in md
 
 
+def test_word_compliance_section_shows_the_numbers_of_scores_json(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    _with_base_instructions(run)  # pretrain/1M also completed instruction i0, as a plain prefix
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run)) == 0
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    wc = json.loads((run / "eval" / "scores.json").read_text())["word_compliance"]["models"]
+    section = md.split("## Instruction following (judge-free)")[1].split("\n## ")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in wc:
+            rows[cells[0]] = cells
+    assert set(rows) == {"pretrain/1M", "sft/1M"}
+    for name, m in wc.items():
+        assert rows[name] == [name, m["kind"], str(m["n"]), report.fmt_proportion(m["all_words"]), report.fmt_share_ci(m["words_present"])]
+    # the figures themselves: base 0 of 3 with both words, half the words on average; sft 0 of 1 (no "dog")
+    assert rows["pretrain/1M"][1:] == ["base", "3", "0/3 = 0% [0%–56%]", "50% ± 0"] and rows["sft/1M"][1:] == ["instruct", "1", "0/1 = 0% [0%–79%]", "50%"]
+    assert "plain prefix" in section and "### Instruction:" in section
+
+
 def test_unreliable_judge_warns_at_the_top(tmp_path, monkeypatch):
     from test_judge import reply
 
@@ -84,6 +106,7 @@ def test_missing_optional_inputs_give_sections_not_failures(tmp_path, monkeypatc
     # drop the instruct model's records entirely: a base-only run
     scores = json.loads((run / "eval" / "scores.json").read_text())
     del scores["models"]["sft/1M"]
+    del scores["word_compliance"]  # as written by a judge stage older than the signal
     (run / "eval" / "scores.json").write_text(json.dumps(scores))
     (run / "data" / "stories.jsonl").unlink()
     assert main(["report", "--run-dir", str(run)]) == 0
@@ -93,6 +116,7 @@ def test_missing_optional_inputs_give_sections_not_failures(tmp_path, monkeypatc
     assert "No metrics.jsonl with validation passes" in md
     assert "No data/stats.json" in md
     assert "Not checked (judge.contamination_n is 0)" in md
+    assert "Not measured: eval/scores.json has no word_compliance block" in md
     assert not (run / "report" / "val_loss.png").exists()
 
 
@@ -127,6 +151,12 @@ def test_complete_judge_report_chain_on_tiny_models(tmp_path, monkeypatch):
     md = (run / "report" / "results.md").read_text()
     scores = json.loads((run / "eval" / "scores.json").read_text())
     assert scores["models"]["pretrain/1M"]["tasks"]["continue"]["n_judged"] == 6
+    # the base model completed the instruction too (3 samples), scored for words but not judged
+    assert "instruct" not in scores["models"]["pretrain/1M"]["tasks"]
+    wc = scores["word_compliance"]["models"]
+    assert wc["pretrain/1M"]["n"] == 3 and wc["sft/1M"]["n"] == 3 and wc["pretrain/1M"]["kind"] == "base"
+    for name, m in wc.items():
+        assert f"| {name} | {m['kind']} | 3 | {report.fmt_proportion(m['all_words'])} | {report.fmt_share_ci(m['words_present'])} |" in md
     assert scores["models"]["sft/1M"]["tasks"]["instruct"]["categories"]["plot"]["mean"] == 5
     assert "**WARNING: the judge is unreliable" in md  # a constant judge
     for name, p in scores["perplexity"]["models"].items():

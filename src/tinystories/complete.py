@@ -16,12 +16,18 @@ shape): story beginnings that stop mid-sentence, and instructions in the instruc
   the plain beginnings (task "continue") unless `complete.instruct_beginnings` is false: the
   beginnings are the one prompt set that every model sees, so base vs instruct is compared on
   the same prompts, and the instructions measure instruction following on top.
+- base models also get every instruction (task "instruct") unless `complete.base_instructions`
+  is false: the same `### Instruction:...### Response:` text, after the end-of-text token like
+  any prompt they see. They never saw that format, so to them it is a plain prefix; their
+  completions are the baseline for the judge-free word-compliance signal (how often a story
+  contains the requested words), and the judge stage leaves them out of the LLM judge.
 
 Sampling: nucleus (top_p 0.95, temperature 1.0), up to max_new_tokens, stopping at the eos token,
 one seed per (model, prompt, sample), batched with a KV cache (tinystories.sampler).
 
-A correct run writes eval/completions.jsonl (one record per completion: model, kind, task,
-prompt_id, sample_id, prompt, text, prompt_tokens, completion_tokens, stopped_at_eos, seed,
+A correct run writes eval/completions.jsonl (one record per completion: model, kind, task
+("continue" for a beginning, "instruct" for an instruction), prompt_id, sample_id, prompt (the
+beginning, or the instruction without the SFT wrapper), words (instructions that request words), text, prompt_tokens, completion_tokens, stopped_at_eos, seed,
 fingerprint) and eval/models.json (per model: kind, path, parameter counts, what it was
 sampled with). The file is appended as batches finish; a rerun skips (model, prompt_id,
 sample_id) already written with the same fingerprint (model weights, sampling settings, prompt
@@ -67,6 +73,7 @@ class Config:
     max_beginnings: int = 0  # use only the first N beginnings (0 = all)
     max_instructions: int = 0  # use only the first N instructions (0 = all)
     instruct_beginnings: bool = True  # instruct models also continue the plain beginnings (so base vs instruct share prompts)
+    base_instructions: bool = True  # base models also complete the instructions (SFT prompt text as a plain prefix): the baseline for word compliance
     llm: dict[str, Any] = field(default_factory=dict)  # overrides of the root llm section for the "embedded" baseline
 
     def check(self) -> list[str]:
@@ -266,7 +273,7 @@ def _plan(spec: ModelSpec, prompts: dict, c: Config) -> list[dict]:
     plan = []
     if spec.kind != "instruct" or c.instruct_beginnings:
         plan += [{"task": "continue", "prompt_id": b["id"], "prompt": b["text"]} for b in beginnings]
-    if spec.kind == "instruct":
+    if spec.kind == "instruct" or (spec.kind == "base" and c.base_instructions):
         plan += [{"task": "instruct", "prompt_id": x["id"], "prompt": x["instruction"], "words": x["words"]} for x in instructions]
     return plan
 
@@ -415,8 +422,11 @@ def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir
         if item["prompt_id"] in encoded:
             continue
         if item["task"] == "instruct":
-            # sft.py tokenizes the prompt on its own, without a leading eos: do the same.
+            # sft.py tokenizes the prompt on its own, without a leading eos: do the same. A base
+            # model gets the same text but, like every document it was trained on, after an eos.
             ids = tokenizer(instruct_prompt(item["prompt"]), add_special_tokens=False).input_ids
+            if spec.kind != "instruct":
+                ids = [start] + ids
         else:
             # In training every story follows an <|endoftext|>: the beginning does too here.
             ids = [start] + tokenizer(item["prompt"], add_special_tokens=False).input_ids

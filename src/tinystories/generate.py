@@ -158,7 +158,8 @@ def _load_vocab(rundir: RunDir) -> dict:
 def _fingerprint(cfg, rundir: RunDir) -> str:
     """Everything that changes what a story id holds; a change means the files on disk are stale."""
     g = dataclasses.asdict(cfg.generate)
-    for k in ("num_stories", "max_requests", "stats_sample"):
+    # How many, and how the first attempts travel (live or Batch API), do not change what a story id holds.
+    for k in ("num_stories", "max_requests", "stats_sample", "batch_api", "batch_poll_s"):
         g.pop(k)
     payload = {
         "generate": g,

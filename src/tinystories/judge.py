@@ -22,11 +22,20 @@ Judge-free signals:
 - perplexity of each completion given its beginning under a reference LM (`judge.reference`:
   "embedded", a path to a HF causal LM directory, or "none"), checked the same way: the share of
   pairs where the original has the lower perplexity than its damaged version;
-- contamination: word 13-gram overlap between every evaluation prompt and data/stories.jsonl.
+- contamination: word 13-gram overlap between every evaluation prompt and data/stories.jsonl;
+- word compliance (the paper's instruction-following signal without a judge): per model, over
+  its instruction completions that request words, the share that contain every requested word
+  and the mean share of requested words present (any inflection counts: "jumped" for jump,
+  "mice" for mouse), for instruct models and for base models given the same instruction text.
+
+What the LLM judge grades: every completion except instructions given to a model that was not
+instruction-tuned (base models' instruction completions, see `tinystories complete`): those are
+a baseline for word compliance only, so they add no judge requests and leave the judged sample
+(`judge.max_judged`) and the perplexity sample as they were.
 
 A correct run writes eval/judgments.jsonl (one record per judge request, role main / repeat /
 damaged) and eval/scores.json (per model, task and category: mean, 95% CI, n judged, n failed;
-the reliability tables; perplexity per model; contamination). A rerun skips requests already
+the reliability tables; perplexity per model; contamination; word_compliance). A rerun skips requests already
 recorded with the same fingerprint (judge identity, template, settings, completion text).
 """
 
@@ -270,6 +279,18 @@ def mean_ci(values: list[float]) -> dict:
     return {"mean": round(mean, 4), "ci95": round(t * sd / math.sqrt(n), 4), "n": n}
 
 
+def proportion_ci(hits: int, n: int) -> dict:
+    """A share with its 95% Wilson score interval: unlike mean ± t*sd, it stays honest at the
+    edges (0 of 3 is not "certainly 0%")."""
+    if n == 0:
+        return {"share": None, "low": None, "high": None, "hits": 0, "n": 0}
+    z = 1.96
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"share": round(p, 4), "low": round(max(0.0, centre - half), 4), "high": round(min(1.0, centre + half), 4), "hits": hits, "n": n}
+
+
 def consistency_table(pairs: list[tuple[dict, dict]]) -> dict:
     """Mean absolute grade difference per category between two judgments of the same completion."""
     out: dict[str, Any] = {"n_pairs": len(pairs), "mean_abs_diff": {}}
@@ -337,6 +358,55 @@ def contamination(prompts: dict[str, str], stories: Iterable[dict], n: int) -> d
             "example_story": rec["example_story"],
         }
     return {"n": n, "stories_scanned": scanned, "prompts": out, "flagged": sorted(p for p, r in out.items() if r["matched"])}
+
+
+# -- word compliance ---------------------------------------------------------------------------
+
+
+def graded_by_judge(rec: dict) -> bool:
+    """Whether the LLM judge (and the perplexity check) sees this completion: not when a model
+    that never learnt the instruction format got an instruction (a word-compliance baseline)."""
+    return rec["task"] != "instruct" or rec["kind"] == "instruct"
+
+
+def word_compliance(completions: Iterable[dict], words_used: Callable[[str, list[str]], dict | None] | None = None) -> dict:
+    """Per model, over its instruction completions whose instruction requests words: the share
+    containing ALL of them (with its 95% Wilson interval) and the mean share of them present (mean
+    and 95% CI half-width over completions).
+
+    A word counts in any inflection under any part of speech, decided by the same check the data
+    filters apply to generated stories (`StoryFilter.words_used`), so "present" means the same here
+    as in data/stats.json.
+    """
+    models: dict[str, dict] = {}
+    for rec in completions:
+        if rec["task"] != "instruct":
+            continue
+        m = models.setdefault(rec["model"], {"kind": rec["kind"], "instruction_completions": 0, "all": [], "shares": []})
+        m["instruction_completions"] += 1
+        words = [w for w in rec.get("words") or [] if str(w).strip()]
+        if not words:
+            continue  # e.g. a Summary-only instruction: nothing to count
+        if words_used is None:
+            from tinystories.filters import FilterOptions, StoryFilter
+
+            words_used = StoryFilter(FilterOptions()).words_used
+        used = words_used(rec["text"], words) or {}
+        present = sum(bool(used.get(w)) for w in dict.fromkeys(words))
+        total = len(dict.fromkeys(words))
+        m["all"].append(1.0 if present == total else 0.0)
+        m["shares"].append(present / total)
+    out = {
+        name: {
+            "kind": m["kind"],
+            "instruction_completions": m["instruction_completions"],
+            "n": len(m["all"]),
+            "all_words": proportion_ci(int(sum(m["all"])), len(m["all"])),
+            "words_present": mean_ci(m["shares"]),
+        }
+        for name, m in sorted(models.items())
+    }
+    return {"method": "a requested word is present when the completion contains it or any of its inflections as noun, verb or adjective", "models": out}
 
 
 # -- reference perplexity ----------------------------------------------------------------------
@@ -469,7 +539,8 @@ def run(cfg, rundir: RunDir) -> dict:
     judge_id = client.describe()
     settings = {"judge": judge_id, "template": TEMPLATE_VERSION, "max_tokens": c.max_tokens, "temperature": c.temperature, "mode": llm_cfg.mode}
 
-    plan, plan_info = plan_requests(completions, c, stage_seed)
+    graded = [r for r in completions if graded_by_judge(r)]
+    plan, plan_info = plan_requests(graded, c, stage_seed)
     for item in plan:
         item["fingerprint"] = _hash(settings, item["key"], item["source"]["prompt"], item["text"])
     wanted = {item["key"]: item for item in plan}
@@ -547,9 +618,10 @@ def run(cfg, rundir: RunDir) -> dict:
             client.close()
 
     records = [done[item["key"]] for item in plan if item["key"] in done]
-    scores = build_scores(completions, records, plan, settings, plan_info, c)
-    scores["perplexity"] = perplexity_section(cfg, completions, plan, stage_seed)
+    scores = build_scores(graded, records, plan, settings, plan_info, c)
+    scores["perplexity"] = perplexity_section(cfg, graded, plan, stage_seed)
     scores["contamination"] = contamination_section(cfg, rundir, completions)
+    scores["word_compliance"] = word_compliance(completions)
     write_json(rundir.path(SCORES), scores)
     return {
         "judged": scores["totals"]["judged"],

@@ -299,6 +299,9 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
     else:
         L += ["No instruct (SFT) model in this run: run `tinystories instruct-data` and `tinystories sft`, then `complete` again.", ""]
 
+    L += ["## Instruction following (judge-free)", ""]
+    L += compliance_section(scores.get("word_compliance"))
+
     # Base vs instruct.
     L += ["## Base vs instruct", ""]
     pairs = []
@@ -410,6 +413,45 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
     else:
         L += ["manifest.json records no stages.", ""]
     return "\n".join(L).rstrip() + "\n"
+
+
+def fmt_proportion(stat: dict | None) -> str:
+    """A share as `hits/n = share% [low–high%]`, from judge.proportion_ci."""
+    if not stat or stat.get("share") is None:
+        return "n/a"
+    return f"{stat['hits']}/{stat['n']} = {fmt_share(stat['share'])} [{fmt_share(stat['low'])}–{fmt_share(stat['high'])}]"
+
+
+def fmt_share_ci(stat: dict | None) -> str:
+    """A share as `mean% ± ci95` (percentage points), from a mean_ci dict."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    if stat.get("ci95") is None:
+        return fmt_share(stat["mean"])
+    return f"{fmt_share(stat['mean'])} ± {stat['ci95'] * 100:.0f}"
+
+
+def compliance_section(wc: dict | None) -> list[str]:
+    """Word compliance per model from scores.json's word_compliance block (made by the judge stage)."""
+    if wc is None:
+        return ["Not measured: eval/scores.json has no word_compliance block (it was made by an older judge stage; rerun `tinystories judge --force`).", ""]
+    rows = [
+        [name, m.get("kind", "n/a"), fmt(m.get("n")), fmt_proportion(m.get("all_words")), fmt_share_ci(m.get("words_present"))]
+        for name, m in (wc.get("models") or {}).items()
+        if m.get("n")
+    ]
+    if not rows:
+        return ["No model completed an instruction that requests words, so word compliance was not measured (run `tinystories complete` with instructions that carry a words list).", ""]
+    L = [
+        "The paper's instruction-following signal, counted without a judge: how often a story contains the words its instruction asked for. "
+        "A word counts in any of its inflections (\"jumped\" for jump, \"mice\" for mouse). Shares are over each model's instruction completions whose instruction lists words; in brackets the 95% (Wilson) interval, after the mean share of words the half-width of its 95% confidence interval in percentage points.",
+        "",
+    ]
+    L += table(["model", "kind", "instruction completions", "contain all requested words", "mean share of requested words present"], rows)
+    L += [""]
+    if any(m.get("kind") == "base" and m.get("n") for m in wc["models"].values()):
+        L += ["Base (pretrained) models got the same `### Instruction: ... ### Response:` text as the instruct models, as a plain prefix: they never saw that format in training, so their row is the baseline that instruction tuning should beat (base-model instruction completions are not sent to the LLM judge).", ""]
+    return L
 
 
 def sample_section(completions: list[dict], c: Config) -> list[str]:
