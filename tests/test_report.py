@@ -43,6 +43,9 @@ def test_report_renders_every_section_and_chart(tmp_path, monkeypatch):
     assert md.count("> 0: …") == 2 and md.count("> 2: …") == 2
     assert "b2" in md.split("## Contamination check")[1]
     assert "1.20M" in md
+    # make_eval_run gives only the instruct model an instruction: a row for it, and no baseline
+    assert "| sft/1M | instruct | 1 | 0/1 = 0% [0%–79%] | 50% |" in md  # STORIES[0] has "ball", not "dog"
+    assert "No base model completed the instructions" in md
 
 
 def test_numbers_in_results_equal_scores_json(tmp_path, monkeypatch):

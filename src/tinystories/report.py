@@ -444,12 +444,14 @@ def compliance_section(wc: dict | None) -> list[str]:
         return ["No model completed an instruction that requests words, so word compliance was not measured (run `tinystories complete` with instructions that carry a words list).", ""]
     L = [
         "The paper's instruction-following signal, counted without a judge: how often a story contains the words its instruction asked for. "
-        "A word counts in any of its inflections (\"jumped\" for jump, \"mice\" for mouse). Shares are over each model's instruction completions whose instruction lists words; in brackets the 95% (Wilson) interval, after the mean share of words the half-width of its 95% confidence interval in percentage points.",
+        "A word counts in any of its inflections (\"jumped\" for jump, \"mice\" for mouse). Over each model's completions of instructions that list words: how many contain every requested word (count/n = share, [95% Wilson interval]), and the mean share of the requested words present (± the half-width of its 95% confidence interval, in percentage points).",
         "",
     ]
-    L += table(["model", "kind", "instruction completions", "contain all requested words", "mean share of requested words present"], rows)
+    L += table(["model", "kind", "instruction completions with words", "contain all requested words", "mean share of requested words present"], rows)
     L += [""]
-    if any(m.get("kind") == "base" and m.get("n") for m in wc["models"].values()):
+    if not any(m.get("kind") == "base" and m.get("n") for m in wc["models"].values()):
+        L += ["No base model completed the instructions (`complete.base_instructions` is off, or no base model was completed), so there is no baseline to compare with.", ""]
+    else:
         L += ["Base (pretrained) models got the same `### Instruction: ... ### Response:` text as the instruct models, as a plain prefix: they never saw that format in training, so their row is the baseline that instruction tuning should beat (base-model instruction completions are not sent to the LLM judge).", ""]
     return L
 
