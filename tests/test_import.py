@@ -163,3 +163,15 @@ def test_bad_input_is_a_one_line_error(run_dir, tmp_path, capsys):
 def test_empty_path_does_nothing(run_dir):
     assert imp(run_dir) == 0
     assert not (run_dir / "data/stories.jsonl").exists()
+
+
+def test_editing_the_source_file_reruns_the_import(run_dir, tmp_path, capsys):
+    path = tmp_path / "stories.txt"
+    path.write_text("\n<|endoftext|>\n".join(story(i) for i in range(4)) + "\n")
+    assert imp(run_dir, f"import_.path={path}") == 0
+    assert imp(run_dir, f"import_.path={path}") == 0
+    assert "import: skipped" in capsys.readouterr().out
+    path.write_text("\n<|endoftext|>\n".join(story(i) for i in range(6)) + "\n")
+    assert imp(run_dir, f"import_.path={path}") == 0
+    assert "import: done" in capsys.readouterr().out
+    assert len(list(read_jsonl(run_dir / "data" / "stories.jsonl"))) == 6

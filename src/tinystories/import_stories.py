@@ -200,7 +200,13 @@ def read_stories(path: Path, icfg: Config) -> Iterator[tuple[str, dict]]:
 
 def inputs(cfg) -> list[str]:
     icfg = cfg.import_
-    return [VOCABULARY] if icfg.path and icfg.use_vocabulary else []
+    out = [VOCABULARY] if icfg.path and icfg.use_vocabulary else []
+    source = Path(icfg.path).expanduser().resolve() if icfg.path else None
+    # The source's sha256 goes into the manifest (an absolute path stays absolute under the run
+    # dir), so editing the imported file reruns the stage; a missing one is left to run()'s clearer error.
+    if source is not None and source.exists():
+        out.append(str(source))
+    return out
 
 
 def outputs(cfg) -> list[str]:
