@@ -166,3 +166,10 @@ def test_complete_judge_report_chain_on_tiny_models(tmp_path, monkeypatch):
         assert f"| {name} | {report.fmt(p['ppl'])} |" in md
     assert "| scripted / m | 1 |" in md
     assert "| complete | done |" in md and "| judge | done |" in md
+
+
+def test_stage_table_shows_per_size_metrics_of_training_stages():
+    from tinystories.report import _flat_numbers
+
+    flat = _flat_numbers({"1M": {"val_loss": 5.25, "tokens_per_s": 8610.7, "dtype": "bf16"}, "kept": 24, "skipped": False, "model": "x"})
+    assert flat == {"1M val_loss": 5.25, "1M tokens_per_s": 8610.7, "kept": 24}

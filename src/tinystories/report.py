@@ -404,8 +404,8 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
     for name, rec in manifest.get("stages", {}).items():
         if name == NAME:
             continue  # this stage is still running while it writes the report
-        metrics = rec.get("metrics") or {}
-        keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:5]
+        metrics = _flat_numbers(rec.get("metrics") or {})
+        keys = list(metrics)[:5]
         rows.append([name, rec.get("status", "-"), fmt(rec.get("wall_s")), ", ".join(f"{k} {fmt(metrics[k])}" for k in keys)])
     if rows:
         L += table(["stage", "status", "wall s", "metrics"], rows)
@@ -413,6 +413,21 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
     else:
         L += ["manifest.json records no stages.", ""]
     return "\n".join(L).rstrip() + "\n"
+
+
+def _flat_numbers(metrics: dict) -> dict:
+    """Numbers of a stage's metrics, one level of nesting flattened: training stages report per size
+    ({"1M": {"val_loss": ...}}), which would otherwise leave their row empty."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            for sub in ("val_loss", "tokens_per_s", "wall_s"):
+                v = value.get(sub)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{key} {sub}"] = v
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
 
 
 def fmt_proportion(stat: dict | None) -> str:
