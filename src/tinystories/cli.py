@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,9 @@ def _show_warnings_on_stderr() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Our stages draw their own progress bars; transformers' per-load "Loading weights" bars
+    # (milliseconds for these models) would interleave with them. Read when transformers is imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _show_warnings_on_stderr()
     parser = build_parser()
     args = parser.parse_args(argv)
