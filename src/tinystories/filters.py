@@ -35,7 +35,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tinystories.rundir import JsonlWriter, atomic_path, read_jsonl, write_json
+from tinystories.errors import UserError
+from tinystories.rundir import JsonlWriter, atomic_path, read_json, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -728,6 +729,23 @@ def stats_table(stats: dict) -> str:
 
 
 # --- the shared writer ------------------------------------------------------------------------
+
+
+def reset_if_stale(rundir, state_rel: str, fingerprint: str, id_prefix: str, changed: str, foreign: str) -> None:
+    """Shared by the two dataset stages (generate, import): files on disk are resumed only when
+    they were written under the same fingerprint; otherwise they are deleted (logging `changed`),
+    and stories written by the other stage (another id prefix) are never mixed in (`foreign` error)."""
+    state_path = rundir.path(state_rel)
+    stories = rundir.path(STORIES)
+    if state_path.exists() and read_json(state_path).get("fingerprint") != fingerprint:
+        log.warning(changed)
+        for rel in (STORIES, REJECTED, DATASET, STATS):
+            rundir.path(rel).unlink(missing_ok=True)
+    elif not state_path.exists() and stories.exists():
+        first = next((rec["id"] for rec in read_jsonl(stories)), None)
+        if first is not None and not str(first).startswith(id_prefix):
+            raise UserError(f"{stories} {foreign}")
+    write_json(state_path, {"fingerprint": fingerprint})
 
 
 class DatasetBuilder:

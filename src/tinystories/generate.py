@@ -37,8 +37,8 @@ from importlib import resources
 from typing import Any
 
 from tinystories.errors import UserError
-from tinystories.filters import DATASET, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, format_problem, stats_table
-from tinystories.rundir import RunDir, read_json, sha256_path, write_json
+from tinystories.filters import DATASET, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, format_problem, reset_if_stale, stats_table
+from tinystories.rundir import RunDir, sha256_path
 
 NAME = "generate"
 SECTION = "generate"
@@ -172,30 +172,6 @@ def _fingerprint(cfg, rundir: RunDir) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _reset_if_stale(cfg, rundir: RunDir) -> None:
-    state_path = rundir.path(STATE)
-    fp = _fingerprint(cfg, rundir)
-    if state_path.exists() and read_json(state_path).get("fingerprint") != fp:
-        log.warning("generate: config, model, template or vocabulary changed; starting the dataset over")
-        for rel in (STORIES, REJECTED, DATASET, STATS):
-            rundir.path(rel).unlink(missing_ok=True)
-    elif not state_path.exists() and rundir.path(STORIES).exists():
-        # Stories from another stage (import) or an unknown config: never mix them in.
-        first = next(iter(_ids(rundir.path(STORIES))), None)
-        if first is not None and not first.startswith(ID_PREFIX):
-            raise UserError(
-                f"{rundir.path(STORIES)} holds imported stories; generate in a fresh --run-dir or delete the data/ files first"
-            )
-    write_json(state_path, {"fingerprint": fp})
-
-
-def _ids(path):
-    from tinystories.rundir import read_jsonl
-
-    for rec in read_jsonl(path):
-        yield rec["id"]
-
-
 def inputs(cfg) -> list[str]:
     return [VOCABULARY] if cfg.generate.num_stories > 0 else []
 
@@ -237,7 +213,11 @@ def run(cfg, rundir: RunDir) -> dict:
             "set --set generate.num_stories=0 to import, or clear import_.path to generate"
         )
     vocab = _load_vocab(rundir)
-    _reset_if_stale(cfg, rundir)
+    reset_if_stale(
+        rundir, STATE, _fingerprint(cfg, rundir), ID_PREFIX,
+        changed="generate: config, model, template or vocabulary changed; starting the dataset over",
+        foreign="holds imported stories; generate in a fresh --run-dir or delete the data/ files first",
+    )
     base_seed = derive_seed(cfg.seed, NAME)
     llm_cfg = cfg.llm_for(SECTION)
     cap = gcfg.max_requests or 2 * gcfg.num_stories

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Iterator
 
 from tinystories.errors import UserError
-from tinystories.filters import DATASET, EOS, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, batched, stats_table
+from tinystories.filters import DATASET, EOS, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, batched, reset_if_stale, stats_table
 from tinystories.progress import progress_bar
-from tinystories.rundir import RunDir, read_json, read_jsonl, write_json
+from tinystories.rundir import RunDir
 
 NAME = "import"
 SECTION = "import_"
@@ -235,20 +235,6 @@ def _fingerprint(cfg, path: Path) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _reset_if_stale(cfg, rundir: RunDir, path: Path) -> None:
-    state_path = rundir.path(STATE)
-    fp = _fingerprint(cfg, path)
-    if state_path.exists() and read_json(state_path).get("fingerprint") != fp:
-        log.warning("import: the input or the filter options changed; starting the import over")
-        for rel in (STORIES, REJECTED, DATASET, STATS):
-            rundir.path(rel).unlink(missing_ok=True)
-    elif not state_path.exists() and rundir.path(STORIES).exists():
-        first = next((rec["id"] for rec in read_jsonl(rundir.path(STORIES))), None)
-        if first is not None and not str(first).startswith(ID_PREFIX):
-            raise UserError(f"{rundir.path(STORIES)} holds generated stories; import into a fresh --run-dir or delete the data/ files first")
-    write_json(state_path, {"fingerprint": fp})
-
-
 def run(cfg, rundir: RunDir) -> dict:
     from tinystories.config import derive_seed
 
@@ -268,7 +254,11 @@ def run(cfg, rundir: RunDir) -> dict:
         from tinystories.vocab import load_vocabulary
 
         vocab = load_vocabulary(rundir.path(VOCABULARY))
-    _reset_if_stale(cfg, rundir, path)
+    reset_if_stale(
+        rundir, STATE, _fingerprint(cfg, path), ID_PREFIX,
+        changed="import: the input or the filter options changed; starting the import over",
+        foreign="holds generated stories; import into a fresh --run-dir or delete the data/ files first",
+    )
 
     # Rare fsyncs: an import is cheap to redo, and fsync per 64 lines would dominate its time.
     builder = DatasetBuilder(rundir, icfg, seed=derive_seed(cfg.seed, NAME), sync_every=8192).open()
