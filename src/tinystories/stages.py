@@ -97,20 +97,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def is_current(stage: Stage, cfg, rundir: RunDir) -> bool:
-    """True when the manifest says the stage finished with this config and these inputs."""
+def is_current(stage: Stage, cfg, rundir: RunDir, config_hash: str, inputs: dict[str, str]) -> bool:
+    """True when the manifest says the stage finished with this config hash and these input hashes."""
     rec = rundir.stage_record(stage.name)
     if not rec or rec.get("status") != "done":
         return False
-    if rec.get("config_hash") != cfg.hash([stage.section, *stage.uses]):
+    if rec.get("config_hash") != config_hash:
         return False
     if any(not rundir.path(rel).exists() for rel in stage.outputs(cfg)):
         return False
-    try:
-        current = {rel: sha256_path(rundir.path(rel)) for rel in stage.inputs(cfg)}
-    except FileNotFoundError:
-        return False
-    return current == rec.get("inputs")
+    return inputs == rec.get("inputs")
 
 
 def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
@@ -123,12 +119,13 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
             producer = _producer_of(rel, cfg)
             hint = f"run `tinystories {producer} --run-dir {rundir.root}` first" if producer else "create it first"
             raise UserError(f"{stage.name}: missing input {rundir.path(rel)}; {hint}")
-    if not force and is_current(stage, cfg, rundir):
+    # Hashed once: the skip check and the record both need them, and inputs can be multi-GB.
+    config_hash = cfg.hash([stage.section, *stage.uses])
+    inputs = {rel: sha256_path(rundir.path(rel)) for rel in stage.inputs(cfg)}
+    if not force and is_current(stage, cfg, rundir, config_hash, inputs):
         rec = rundir.stage_record(stage.name)
         return {"status": "skipped", "metrics": rec.get("metrics", {})}
 
-    config_hash = cfg.hash([stage.section, *stage.uses])
-    inputs = {rel: sha256_path(rundir.path(rel)) for rel in stage.inputs(cfg)}
     record = {
         "status": "running",
         "config_hash": config_hash,
