@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from tinystories import filters as F  # noqa: E402
+from tinystories.data import filters as F  # noqa: E402
 
 TOKENS_PER_STORY = 300  # a 3-5 paragraph TinyStories story is ~200 words, ~300 tokens
 
@@ -36,7 +36,7 @@ TOKENS_PER_STORY = 300  # a 3-5 paragraph TinyStories story is ~200 words, ~300 
 def make_corpus(n: int, seed: int = 0) -> tuple[list[str], list[dict], dict]:
     from wordfreq import top_n_list
 
-    from tinystories.vocab import load_vocabulary
+    from tinystories.data.vocab import load_vocabulary
 
     rng = np.random.default_rng(seed)
     vocab = [w for w in top_n_list("en", 3000) if w.isalpha()][100:2600]
@@ -92,7 +92,7 @@ def run_ours(texts, words_req, opts: F.FilterOptions, batch: int = 1024) -> dict
     dd = F.Deduper(opts.dedup, opts.dedup_threshold, opts.num_perm, opts.shingle_size)
     # warm the caches (inflections of the vocabulary, wordlists) outside the clock: after its
     # first few thousand stories a long run has them all
-    from tinystories.vocab import load_vocabulary
+    from tinystories.data.vocab import load_vocabulary
 
     vocab = load_vocabulary()
     for c, pos in (("nouns", "noun"), ("verbs", "verb"), ("adjectives", "adjective")):
@@ -162,7 +162,7 @@ def embedded_tokens_per_s() -> dict | None:
     except Exception as exc:  # not installed: report, do not fail
         print(f"embedded backend unavailable ({exc}); skipping stories/hour")
         return None
-    from tinystories.generate import render_prompt
+    from tinystories.data.generate import render_prompt
     from tinystories.llm import LLMConfig, Request, make_client
 
     client = make_client(LLMConfig(backend="embedded", model="smollm2-135m", max_attempts=1), None)

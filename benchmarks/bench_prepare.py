@@ -39,7 +39,7 @@ FEELINGS = ["happy", "sad", "scared", "proud", "excited", "tired", "angry", "sur
 def word_lists() -> dict[str, list[str]]:
     """The shipped child vocabulary (~1,500 nouns, verbs, adjectives), so the text has the
     spread of words real stories have; the small lists above if it is not there."""
-    path = Path(__file__).resolve().parents[1] / "src" / "tinystories" / "data" / "vocabulary.json"
+    path = Path(__file__).resolve().parents[1] / "src" / "tinystories" / "resources" / "vocabulary.json"
     words = {"nouns": THINGS + ANIMALS, "verbs": ["play", "jump", "look", "walk", "smile"], "adjectives": ADJS}
     if path.exists():
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -96,8 +96,8 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from tinystories.cli import main as cli_main
-    from tinystories.prepare import read_meta
-    from tinystories.tokenizer import iter_story_chunks, load_raw_tokenizer
+    from tinystories.train.prepare import read_meta
+    from tinystories.train.tokenizer import iter_story_chunks, load_raw_tokenizer
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:

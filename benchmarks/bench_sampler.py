@@ -17,13 +17,13 @@ import time
 
 
 def model_config(size: str):
-    """The preset from tinystories.model when it exists, else the paper's shapes."""
+    """The preset from tinystories.train.model when it exists, else the paper's shapes."""
     from transformers import GPTNeoConfig
 
     try:
-        from tinystories.model import hf_config, resolve_shape
+        from tinystories.train.model import hf_config, resolve_shape
 
-        return hf_config(resolve_shape(size), vocab_size=10000, eos_token_id=0), "tinystories.model preset"
+        return hf_config(resolve_shape(size), vocab_size=10000, eos_token_id=0), "tinystories.train.model preset"
     except ImportError:  # model.py absent: the paper's shapes below
         pass
     hidden = {"1M": 64, "3M": 128, "8M": 256, "28M": 512, "33M": 768}[size]
@@ -39,7 +39,7 @@ def model_config(size: str):
         bos_token_id=0,
         eos_token_id=0,
     )
-    return cfg, "paper shapes (tinystories.model not available)"
+    return cfg, "paper shapes (tinystories.train.model not available)"
 
 
 def main() -> None:
@@ -56,7 +56,7 @@ def main() -> None:
     import torch
     from transformers import GPTNeoForCausalLM
 
-    from tinystories.sampler import generate
+    from tinystories.eval.sampler import generate
 
     if args.threads:
         torch.set_num_threads(args.threads)

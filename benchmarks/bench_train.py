@@ -5,7 +5,7 @@
 
 For each size, one full training step (forward, loss, backward, fused AdamW step) is timed
 after warmup steps, for
-- fast: tinystories.model.FastGPTNeo, the best of its configurations (bf16 autocast eager and
+- fast: tinystories.train.model.FastGPTNeo, the best of its configurations (bf16 autocast eager and
   under torch.compile; fp32 with --fp32), and
 - hf: transformers GPTNeoForCausalLM (eager attention, the only kind it has), best of fp32
   and bf16 autocast,
@@ -17,7 +17,7 @@ too (best GEMM GFLOP/s over square sizes 1024..4096 on CPU, up to 8192 on GPU), 
 
 with N_matmul = layers * (4 d^2 + 2 d f) + V d (attention projections, MLP and the tied LM
 head; embedding lookups are not matmuls) and keys = mean keys a query attends to (causal:
-(T+1)/2, local: capped by the window): tinystories.model.train_flops_per_token.
+(T+1)/2, local: capped by the window): tinystories.train.model.train_flops_per_token.
 
 The last line is one JSON object: train_tok_s_fast_<size>, train_tok_s_hf_<size>,
 train_speedup_vs_hf_<size>, train_mfu_<size>, matmul_peak_gflops (and the configs chosen).
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import torch  # noqa: E402
 
-from tinystories.model import FastGPTNeo, hf_config, param_groups, resolve_shape, train_flops_per_token  # noqa: E402
+from tinystories.train.model import FastGPTNeo, hf_config, param_groups, resolve_shape, train_flops_per_token  # noqa: E402
 
 
 def sync(device: str) -> None:

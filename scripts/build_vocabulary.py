@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build src/tinystories/data/vocabulary.json: ~1,500 words a 3-4 year old understands.
+"""Build src/tinystories/resources/vocabulary.json: ~1,500 words a 3-4 year old understands.
 
     .venv/bin/python scripts/build_vocabulary.py            # rewrite the shipped list
     .venv/bin/python scripts/build_vocabulary.py --check    # exit 1 if the shipped list differs
@@ -45,7 +45,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "src" / "tinystories" / "data" / "vocabulary.json"
+DEFAULT_OUT = ROOT / "src" / "tinystories" / "resources" / "vocabulary.json"
 
 # wordfreq's Zipf scale: 3.0 is once per million words. 2.4 still admits "ladybug" (2.67)
 # and "tiptoe" (2.64) but drops obscure proposals.

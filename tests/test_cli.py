@@ -4,9 +4,9 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from tinystories import stages
+from tinystories.pipeline import registry as stages
 from tinystories.cli import main
-from tinystories.rundir import atomic_path
+from tinystories.io.rundir import atomic_path
 
 
 @dataclass
@@ -25,13 +25,13 @@ def _module(name, inputs, outputs, body):
 def toy_pipeline(monkeypatch):
     calls = []
 
-    def first(cfg, rundir):
+    def first(cfg, rundir, force=False):
         calls.append("first")
         with atomic_path(rundir.path("data/a.txt")) as tmp:
             tmp.write_text("word " * cfg.first.words)
         return {"words": cfg.first.words}
 
-    def second(cfg, rundir):
+    def second(cfg, rundir, force=False):
         calls.append("second")
         text = rundir.path("data/a.txt").read_text()
         with atomic_path(rundir.path("data/b.txt")) as tmp:

@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tinystories import sampler  # noqa: E402
+from tinystories.eval import sampler  # noqa: E402
 from tinystories.cli import main  # noqa: E402
 from tinystories.errors import UserError  # noqa: E402
-from tinystories.rundir import read_jsonl  # noqa: E402
+from tinystories.io.rundir import read_jsonl  # noqa: E402
 
 STORY_TEXT = [
     "Once upon a time there was a little dog named Max. Max liked to run in the park with his ball.",
@@ -169,7 +169,7 @@ def test_long_prompt_is_cut_to_fit_the_context():
 
 
 def test_builtin_prompts_are_valid_and_diverse():
-    from tinystories.complete import load_prompts
+    from tinystories.eval.complete import load_prompts
 
     p = load_prompts()
     assert len(p["beginnings"]) >= 45 and len(p["instructions"]) >= 18
@@ -192,7 +192,7 @@ def test_builtin_prompts_are_valid_and_diverse():
     ],
 )
 def test_bad_prompt_files_give_one_line_errors(tmp_path, content, message):
-    from tinystories.complete import load_prompts
+    from tinystories.eval.complete import load_prompts
 
     f = tmp_path / "p.json"
     f.write_text(content)
@@ -266,7 +266,7 @@ def test_complete_writes_every_model_prompt_sample(eval_run):
 
 def test_complete_resumes_after_a_kill_without_duplicates(eval_run, monkeypatch):
     run, prompts = eval_run
-    from tinystories.rundir import JsonlWriter
+    from tinystories.io.rundir import JsonlWriter
 
     original = JsonlWriter.write
     calls = {"n": 0}
@@ -312,7 +312,7 @@ def test_changed_settings_drop_stale_rows(eval_run):
 def test_base_models_get_the_instructions_only_when_asked(eval_run):
     from transformers import AutoTokenizer
 
-    from tinystories.complete import instruct_prompt
+    from tinystories.text.prompts import instruction_prompt as instruct_prompt
 
     run, prompts = eval_run
     assert main(complete_args(run, prompts)) == 0
@@ -345,8 +345,8 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
 
 def test_complete_loads_checkpoints_written_by_the_training_code(tmp_path):
     """The real producer of pretrain/<size>/: tokenizer.py + model.save_hf, not our fixture."""
-    model_mod = pytest.importorskip("tinystories.model")
-    tok_mod = pytest.importorskip("tinystories.tokenizer")
+    model_mod = pytest.importorskip("tinystories.train.model")
+    tok_mod = pytest.importorskip("tinystories.train.tokenizer")
 
     run = tmp_path / "run"
     tok = tok_mod.train_tokenizer(iter(STORY_TEXT), vocab_size=300, min_frequency=1)

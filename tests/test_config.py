@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tinystories.config import Config, build, derive_seed, load_config
+from tinystories.pipeline.config import Config, build, derive_seed, load_config
 from tinystories.errors import UserError
 from tinystories.llm.config import LLMConfig
 

@@ -1,4 +1,4 @@
-"""Filters, dedup and statistics (tinystories.filters) on hand-made stories."""
+"""Filters, dedup and statistics (tinystories.data.filters) on hand-made stories."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tinystories import filters as F
+from tinystories.data import filters as F
 
 STORY = (
     "Once upon a time, there was a little dog named Max. Max liked to jump in the big green park. "

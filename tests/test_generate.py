@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from fake_llm import ScriptedBackend
-from tinystories import generate as G
+from tinystories.data import generate as G
 from tinystories.cli import main
 from tinystories.llm import RawResult
 from tinystories.llm import client as client_mod
-from tinystories.rundir import read_jsonl
+from tinystories.io.rundir import read_jsonl
 
 VOCAB = {"nouns": ["ball", "dog", "tree", "cake"], "verbs": ["jump", "run", "sing"], "adjectives": ["happy", "big", "red"]}
 SENTENCES = [
@@ -155,7 +155,7 @@ def test_every_filter_and_dedup_in_the_stage(run_dir, monkeypatch):
         texts[i] = good_story(request)
         return texts[i]
 
-    from tinystories.config import derive_seed
+    from tinystories.pipeline.config import derive_seed
 
     seed = derive_seed(1337, "generate")
     backend = install(monkeypatch, reply)
@@ -222,7 +222,7 @@ def test_kill_and_rerun_resumes_without_resending_or_duplicating(run_dir, monkey
     assert sorted(ids) == [G.story_id(i) for i in range(10)]
     assert (run_dir / "data/tinystories_dataset.txt").read_text().count("<|endoftext|>") == 10
     # the story a resumed run writes is the one an uninterrupted run writes
-    from tinystories.config import derive_seed
+    from tinystories.pipeline.config import derive_seed
 
     vocab = json.loads((run_dir / "data/vocabulary.json").read_text())
     for i in (2, 6):  # one from before the kill, one from after

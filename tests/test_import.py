@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tinystories import import_stories as I
+from tinystories.data import import_stories as I
 from tinystories.cli import main
-from tinystories.rundir import read_jsonl
+from tinystories.io.rundir import read_jsonl
 
 VOCAB = {"nouns": ["ball", "dog", "tree"], "verbs": ["jump", "run"], "adjectives": ["happy", "red"]}
 

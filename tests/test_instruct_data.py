@@ -3,11 +3,11 @@ import json
 import pytest
 from fake_llm import ScriptedBackend
 
-from tinystories import instruct_data
+from tinystories.data import instruct_data
 from tinystories.cli import main
 from tinystories.errors import UserError
 from tinystories.llm import Reject
-from tinystories.rundir import read_jsonl
+from tinystories.io.rundir import read_jsonl
 
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max"]
 FEATURES = [["Dialogue"], ["BadEnding", "Dialogue"], [], ["Twist"], ["MoralValue"], ["Foreshadowing"]]
@@ -202,9 +202,9 @@ def test_resume_cuts_a_story_written_half(tmp_path, backend):
     full = (run / "data" / "instruction_dataset.jsonl").read_text()
     # Simulate a kill after the first set of story s2 was written.
     lines = full.splitlines(keepends=True)
-    from tinystories.instruct_data import _fingerprint  # the resume marker the stage wrote at start
-    from tinystories.config import load_config
-    from tinystories.rundir import RunDir, write_json
+    from tinystories.data.instruct_data import _fingerprint  # the resume marker the stage wrote at start
+    from tinystories.pipeline.config import load_config
+    from tinystories.io.rundir import RunDir, write_json
 
     cfg = load_config(run / "config.yaml")
     write_json(run / "data" / "instruct_progress.json", {"fingerprint": _fingerprint(cfg, run / "data" / "stories.jsonl")})

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from fake_llm import ScriptedBackend
-from tinystories import judge
+from tinystories.eval import judge
 from tinystories.cli import main
 from tinystories.llm import Reject
 from tinystories.llm import client as client_mod
-from tinystories.rundir import read_jsonl
+from tinystories.io.rundir import read_jsonl
 
 GOOD = """Assessment: The student finishes the sentence well and the story stays on the dog.
 Grammar: 8/10

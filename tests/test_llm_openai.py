@@ -22,7 +22,7 @@ from tinystories.cli import main
 from tinystories.errors import UserError
 from tinystories.llm import LLMConfig, Request, make_client
 from tinystories.llm.openai_backend import OpenAIBackend, is_local_host, retry_after_seconds
-from tinystories.rundir import JsonlWriter, RunDir, read_jsonl, write_text
+from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, write_text
 
 NO_KEY_ENV = "TINYSTORIES_TEST_UNSET_KEY"
 
@@ -272,7 +272,7 @@ def test_api_key_is_sent_but_never_written(stub, tmp_path, monkeypatch, capfd):
     root.setLevel(logging.DEBUG)
     try:
         assert main(["llm", "Say hello.", "--run-dir", str(run)] + overrides) == 0
-        from tinystories.config import load_config
+        from tinystories.pipeline.config import load_config
 
         cfg = load_config(None, [o for o in overrides if o != "--set"])
         rundir = RunDir(run)
@@ -343,7 +343,7 @@ import sys
 from pathlib import Path
 
 from tinystories.llm import LLMConfig, Request, make_client
-from tinystories.rundir import JsonlWriter, read_jsonl
+from tinystories.io.rundir import JsonlWriter, read_jsonl
 
 url, out_path, cache_dir, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 done = {rec["key"] for rec in read_jsonl(out_path)} if out_path.exists() else set()

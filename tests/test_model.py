@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinystories.errors import UserError
-from tinystories.model import (
+from tinystories.train.model import (
     PRESETS,
     FastGPTNeo,
     Shape,
@@ -66,7 +66,7 @@ def test_logits_match_across_attention_chunks(tmp_path):
     layers' later chunks and windows reaching back across a border all match transformers."""
     from transformers import GPTNeoForCausalLM
 
-    from tinystories.model import ATTN_CHUNK
+    from tinystories.train.model import ATTN_CHUNK
 
     shape = Shape(hidden_size=32, num_layers=2, num_heads=4, window_size=100, max_position=640)
     model = _perturbed_model(shape)
@@ -160,7 +160,7 @@ def test_flops_formula():
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
-    from tinystories.trainer import TrainSettings, compile_model
+    from tinystories.train.trainer import TrainSettings, compile_model
 
     model = FastGPTNeo(SHAPE, VOCAB)
 

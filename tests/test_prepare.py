@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from test_tokenizer import make_stories, write_dataset
-from tinystories import prepare
+from tinystories.train import prepare
 from tinystories.cli import main
-from tinystories.prepare import bits_per_byte, load_split, random_batch, read_meta, sequential_batches
-from tinystories.tokenizer import EOS, load_raw_tokenizer
+from tinystories.train.prepare import bits_per_byte, load_split, random_batch, read_meta, sequential_batches
+from tinystories.train.tokenizer import EOS, load_raw_tokenizer
 
 N_STORIES = 300
 

@@ -38,8 +38,8 @@ def _pretrain(run_dir, cfg, *extra):
 def test_end_to_end_checkpoint_loads_and_generates(run_dir, tmp_path, capsys):
     from transformers import AutoTokenizer, GPTNeoForCausalLM
 
-    from tinystories.config import derive_seed
-    from tinystories.model import FastGPTNeo, Shape
+    from tinystories.pipeline.config import derive_seed
+    from tinystories.train.model import FastGPTNeo, Shape
 
     cfg = write_config(tmp_path / "c.yaml")
     assert _pretrain(run_dir, cfg) == 0
@@ -182,7 +182,7 @@ def test_bad_inputs_are_one_line_user_errors(run_dir, tmp_path, capsys, kind, ov
 def test_compiled_training_runs_compiled(run_dir, tmp_path, caplog):
     """pretrain.compile=true really trains through torch.compile (no silent eager fallback)."""
     cfg = write_config(tmp_path / "c.yaml", max_steps=3, compile=True, dtype="bf16")
-    with caplog.at_level("WARNING", logger="tinystories.trainer"):
+    with caplog.at_level("WARNING", logger="tinystories.train.trainer"):
         assert _pretrain(run_dir, cfg) == 0
     assert "torch.compile failed" not in caplog.text
     records = read_metrics(run_dir / "pretrain" / "tiny" / "metrics.jsonl")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from test_judge import _with_base_instructions, install, judge_args, make_eval_run, rule_judge
-from tinystories import report
+from tinystories.eval import report
 from tinystories.cli import main
 
 
@@ -169,7 +169,7 @@ def test_complete_judge_report_chain_on_tiny_models(tmp_path, monkeypatch):
 
 
 def test_stage_table_shows_per_size_metrics_of_training_stages():
-    from tinystories.report import _flat_numbers
+    from tinystories.eval.report import _flat_numbers
 
     flat = _flat_numbers({"1M": {"val_loss": 5.25, "tokens_per_s": 8610.7, "dtype": "bf16"}, "kept": 24, "skipped": False, "model": "x"})
     assert flat == {"1M val_loss": 5.25, "1M tokens_per_s": 8610.7, "kept": 24}

@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from tinystories.config import Config
+from tinystories.pipeline.config import Config
 from tinystories.errors import UserError
 from tinystories.llm.config import LLMConfig
-from tinystories.rundir import JsonlWriter, RunDir, atomic_path, read_jsonl, sha256_path, write_json
-from tinystories.stages import Stage, execute
+from tinystories.io.rundir import JsonlWriter, RunDir, atomic_path, read_jsonl, sha256_path, write_json
+from tinystories.pipeline.registry import Stage, execute
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -52,7 +52,7 @@ class ToyConfig:
 
 
 def _toy_stage(calls):
-    def run(cfg, rundir):
+    def run(cfg, rundir, force=False):
         calls.append(1)
         text = rundir.path("data/in.txt").read_text()
         with atomic_path(rundir.path("data/out.txt")) as tmp:
@@ -99,7 +99,7 @@ def test_execute_skips_when_unchanged_and_reruns_on_change(tmp_path):
 
 
 def test_failed_stage_is_recorded_and_not_marked_done(tmp_path):
-    def run(cfg, rundir):
+    def run(cfg, rundir, force=False):
         raise RuntimeError("boom")
 
     module = types.SimpleNamespace(NAME="bad", SECTION="toy", USES=(), Config=ToyConfig, inputs=lambda c: [], outputs=lambda c: ["x"], run=run)

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from tinystories import sft
-from tinystories.tokenizer import save_tokenizer, train_tokenizer, wrap_fast
+from tinystories.text.prompts import instruction_prompt
+from tinystories.train import sft
+from tinystories.train.tokenizer import save_tokenizer, train_tokenizer, wrap_fast
 
 STORIES = [
     'Once upon a time, Tom found a red ball in the park. He was very happy. "Look!" said Tom.',
@@ -34,7 +35,7 @@ def test_masking_matches_hand_computed_ids(tokenizer):
     # The marker is the last thing masked: the first supervised label is the story's first token.
     first = labels.index(story_ids[0])
     assert tokenizer.decode(ids[:first]).endswith("### Response:\n") and first == len(prompt_ids)
-    assert tokenizer.decode(ids) == sft.prompt_text(instruction) + story + "<|endoftext|>"
+    assert tokenizer.decode(ids) == instruction_prompt(instruction) + story + "<|endoftext|>"
     assert counts["supervised_tokens"] == len(story_ids) + 1 and counts["skipped_no_supervised_token"] == 0
 
 
@@ -83,7 +84,7 @@ def make_base(tmp_path, tokenizer):
     """A random tiny GPT-Neo exported as a HF checkpoint with the tokenizer: a stand-in pretrain/<size>."""
     import torch
 
-    from tinystories.model import FastGPTNeo, Shape, save_hf
+    from tinystories.train.model import FastGPTNeo, Shape, save_hf
 
     tok_dir = tmp_path / "tok"
     save_tokenizer(tokenizer.backend_tokenizer, tok_dir)
@@ -101,8 +102,8 @@ def test_trainer_loss_is_response_only_cross_entropy(tmp_path, tokenizer):
     import torch.nn.functional as F
     from transformers import GPTNeoForCausalLM
 
-    from tinystories.model import load_hf
-    from tinystories.trainer import TrainSettings, train
+    from tinystories.train.model import load_hf
+    from tinystories.train.trainer import TrainSettings, train
 
     base = make_base(tmp_path, tokenizer)
     pairs = [{"instruction": f"Words: jump, ball, happy\nSentence: {s.split('.')[0]}.", "story": s, "id": i} for i, s in enumerate(STORIES)]
@@ -163,7 +164,7 @@ def _pretrained_template(tmp_path_factory):
         mp.setattr("tinystories.llm.client.make_backend", lambda cfg: backend)
         assert main(["instruct-data", "--run-dir", str(run), "--config", str(cfg)]) == 0
     stories = [json.loads(line)["story"] for line in open(run / "data" / "stories.jsonl")]
-    make_run_dir(run, stories=stories + [sft.prompt_text("Words: jump, ball, shiny")], repeats=12, vocab_size=300)
+    make_run_dir(run, stories=stories + [instruction_prompt("Words: jump, ball, shiny")], repeats=12, vocab_size=300)
     assert main(["pretrain", "--run-dir", str(run), "--config", str(cfg)]) == 0
     return run
 
@@ -182,7 +183,7 @@ def test_end_to_end_sft_checkpoint_loads_and_follows_the_format(pretrained_run, 
     from transformers import AutoTokenizer, GPTNeoForCausalLM
 
     from tinystories.cli import main
-    from tinystories.rundir import RunDir
+    from tinystories.io.rundir import RunDir
 
     run, cfg = pretrained_run
     assert main(["sft", "--run-dir", str(run), "--config", str(cfg)]) == 0
@@ -206,7 +207,7 @@ def test_end_to_end_sft_checkpoint_loads_and_follows_the_format(pretrained_run, 
 
     # The checkpoint stands alone: its own tokenizer, generation from an instruction prompt.
     tok = AutoTokenizer.from_pretrained(out)
-    ids = tok(sft.prompt_text("Words: jump, ball, shiny\nSummary: A kid finds a ball."), return_tensors="pt").input_ids
+    ids = tok(instruction_prompt("Words: jump, ball, shiny\nSummary: A kid finds a ball."), return_tensors="pt").input_ids
     gen = tuned.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id)
     assert gen.shape[1] > ids.shape[1]
     samples = json.loads((out / "samples.json").read_text())
@@ -280,7 +281,7 @@ def test_tunes_a_checkpoint_given_by_path(pretrained_run, tmp_path):
     from transformers import GPTNeoForCausalLM
 
     from tinystories.cli import main
-    from tinystories.rundir import RunDir
+    from tinystories.io.rundir import RunDir
 
     run, cfg = pretrained_run
     external = tmp_path / "models" / "my-neo"
@@ -295,13 +296,13 @@ def test_tunes_a_checkpoint_given_by_path(pretrained_run, tmp_path):
 
 def test_pairs_without_a_story_token_are_skipped_and_counted(pretrained_run):
     from tinystories.cli import main
-    from tinystories.rundir import RunDir, read_jsonl
-    from tinystories.tokenizer import load_tokenizer
+    from tinystories.io.rundir import RunDir, read_jsonl
+    from tinystories.train.tokenizer import load_tokenizer
 
     run, cfg = pretrained_run
     tok = load_tokenizer(run / "pretrain" / "tiny")
     rows = list(read_jsonl(run / "data" / "instruction_dataset.jsonl"))
-    lengths = [len(tok.encode(sft.prompt_text(r["instruction"]), add_special_tokens=False)) for r in rows]
+    lengths = [len(tok.encode(instruction_prompt(r["instruction"]), add_special_tokens=False)) for r in rows]
     context = max(lengths)  # the longest prompts fill the context exactly: nothing left to learn
     assert min(lengths) < context
     args = ["sft", "--run-dir", str(run), "--config", str(cfg), "--set", f"sft.context={context}", "--set", "sft.max_steps=1", "--set", "sft.samples=0"]

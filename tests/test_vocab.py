@@ -9,7 +9,7 @@ from lemminflect import getAllInflections, getLemma
 
 from tinystories.cli import main
 from tinystories.errors import UserError
-from tinystories.vocab import CATEGORIES, load_vocabulary, shipped_path, vocabulary_forms, word_forms
+from tinystories.data.vocab import CATEGORIES, load_vocabulary, shipped_path, vocabulary_forms, word_forms
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "build_vocabulary.py"

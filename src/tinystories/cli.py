@@ -26,7 +26,7 @@ def _add_config_args(p: argparse.ArgumentParser, run_dir_required: bool = True) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tinystories.stages import STAGES
+    from tinystories.pipeline.registry import STAGES
 
     parser = argparse.ArgumentParser(prog="tinystories", description="TinyStories end to end: data, pretraining, instruct tuning, evaluation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args):
-    from tinystories.config import load_config
+    from tinystories.pipeline.config import load_config
 
     config_path = args.config
     if config_path is None and args.run_dir is not None and (args.run_dir / "config.yaml").exists():
@@ -62,15 +62,15 @@ def resolve_config(args):
 
 
 def _write_config(cfg, run_dir: Path) -> None:
-    from tinystories.rundir import RunDir, write_text
+    from tinystories.io.rundir import RunDir, write_text
 
     RunDir(run_dir).ensure()
     write_text(run_dir / "config.yaml", cfg.to_yaml())
 
 
 def cmd_stage(args) -> int:
-    from tinystories.rundir import RunDir
-    from tinystories.stages import execute, get_stage
+    from tinystories.io.rundir import RunDir
+    from tinystories.pipeline.registry import execute, get_stage
 
     cfg = resolve_config(args)
     _write_config(cfg, args.run_dir)
@@ -88,8 +88,8 @@ def _print_result(name: str, result: dict) -> None:
 
 
 def cmd_run(args) -> int:
-    from tinystories.rundir import RunDir
-    from tinystories.stages import STAGES, execute
+    from tinystories.io.rundir import RunDir
+    from tinystories.pipeline.registry import STAGES, execute
 
     if not STAGES:
         raise UserError("no stages are installed yet")
@@ -112,8 +112,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from tinystories.rundir import RunDir
-    from tinystories.stages import STAGES
+    from tinystories.io.rundir import RunDir
+    from tinystories.pipeline.registry import STAGES
 
     rundir = RunDir(args.run_dir)
     if not rundir.root.exists():

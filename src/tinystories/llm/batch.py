@@ -31,7 +31,7 @@ from tinystories.llm.cache import ResponseCache, cache_key
 from tinystories.llm.config import LLMConfig
 from tinystories.llm.openai_backend import api_key, endpoint_urls, identity, one_line, parse_reply, request_body
 from tinystories.progress import progress_bar
-from tinystories.rundir import now_iso, read_json, write_json
+from tinystories.io.rundir import now_iso, read_json, write_json
 
 log = logging.getLogger(__name__)
 

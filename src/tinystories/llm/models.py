@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from tinystories.errors import UserError
-from tinystories.rundir import atomic_path, write_json
+from tinystories.io.rundir import atomic_path, write_json
 
 GGUF_MAGIC = b"GGUF"
 

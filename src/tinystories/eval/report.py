@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.errors import UserError
-from tinystories.rundir import RunDir, read_json, read_jsonl, write_text
+from tinystories.io.rundir import RunDir, read_json, read_jsonl, write_text
 
 NAME = "report"
 SECTION = "report"
@@ -31,7 +31,7 @@ RESULTS = "report/results.md"
 CATS = ("grammar", "creativity", "consistency", "plot")
 SMALL_RUN_STORIES = 100_000  # below this many stories a run is a demonstration, not a reproduction
 
-log = logging.getLogger("tinystories.report")
+log = logging.getLogger("tinystories.eval.report")
 
 
 @dataclass
@@ -198,7 +198,7 @@ def chart_val_loss(curves: dict[str, list[dict]], path: Path, dpi: int) -> bool:
 # -- the stage ---------------------------------------------------------------------------------
 
 
-def run(cfg, rundir: RunDir) -> dict:
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     c: Config = cfg.report
     scores = read_json(rundir.path(SCORES))
     for key in ("models", "reliability", "judge"):

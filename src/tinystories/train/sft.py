@@ -24,7 +24,7 @@ it, and generation from a prompt sees the very same prompt ids. A pair whose pro
 stage stops with an error, never a NaN loss). Held-out pairs (a seeded split by story id, so
 the sets of one story stay on one side) give the validation loss.
 
-Training goes through the shared trainer (tinystories.trainer: accelerate, bf16 autocast,
+Training goes through the shared trainer (tinystories.train.trainer: accelerate, bf16 autocast,
 gradient accumulation, checkpoint/resume, metrics.jsonl, progress). A correct run writes
 sft/<size>/ for every size: config.json + model.safetensors loadable with
 `GPTNeoForCausalLM.from_pretrained`, the tokenizer files, tinystories.json (the settings that
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tinystories.errors import UserError
+from tinystories.text.prompts import RESPONSE_MARKER, instruction_prompt
 
 NAME = "sft"
 SECTION = "sft"
@@ -49,10 +50,9 @@ USES = ("tokenizer", "pretrain")
 
 DATASET = "data/instruction_dataset.jsonl"
 OUT_DIR = "sft"
-RESPONSE_MARKER = "### Response:\n"
 ENCODE_CHUNK = 8192  # pairs tokenized per batch call
 
-log = logging.getLogger("tinystories.sft")
+log = logging.getLogger("tinystories.train.sft")
 
 
 @dataclass
@@ -143,11 +143,6 @@ def outputs(cfg) -> list[str]:
     return [f"{OUT_DIR}/{name}" for name, _ in checkpoints(cfg)]
 
 
-def prompt_text(instruction: str) -> str:
-    """The prompt up to and including the response marker; generation starts right after it."""
-    return f"### Instruction:\n{instruction}\n\n{RESPONSE_MARKER}"
-
-
 def build_example(prompt_ids, story_ids, eos_id: int, context: int, dtype: str = "int32"):
     """One pair as (input_ids, n_prompt), cut to `context` tokens; None when no token is supervised.
 
@@ -214,7 +209,7 @@ def val_story_ids(story_ids, seed: int, val_fraction: float) -> set[str]:
 
 def read_pairs(path: Path, limit: int = 0) -> list[dict]:
     """The (instruction, story, id) records, each checked; a torn last line is ignored."""
-    from tinystories.rundir import read_jsonl_numbered
+    from tinystories.io.rundir import read_jsonl_numbered
 
     pairs: list[dict] = []
     for lineno, rec in read_jsonl_numbered(path):
@@ -250,7 +245,7 @@ def encode_pairs(tokenizer, pairs: list[dict], context: int) -> tuple[list, dict
         # much to hold for millions of pairs at once.
         for start in range(0, len(pairs), ENCODE_CHUNK):
             chunk = pairs[start : start + ENCODE_CHUNK]
-            prompts = raw.encode_batch([prompt_text(p["instruction"]) for p in chunk], add_special_tokens=False)
+            prompts = raw.encode_batch([instruction_prompt(p["instruction"]) for p in chunk], add_special_tokens=False)
             stories = raw.encode_batch([p["story"] for p in chunk], add_special_tokens=False)
             yield from zip(chunk, prompts, stories)
 
@@ -353,7 +348,7 @@ _NOT_TRAJECTORY = ("sizes", "eval_interval", "eval_batches", "checkpoint_interva
 
 
 def _weights_sha256(ckpt: Path) -> str:
-    from tinystories.rundir import sha256_path
+    from tinystories.io.rundir import sha256_path
 
     h = hashlib.sha256()
     for f in sorted([ckpt / "config.json", *ckpt.glob("*.safetensors")]):
@@ -361,13 +356,13 @@ def _weights_sha256(ckpt: Path) -> str:
     return h.hexdigest()
 
 
-def run(cfg, rundir) -> dict:
+def run(cfg, rundir, force: bool = False) -> dict:
     import time
 
-    from tinystories.config import derive_seed
-    from tinystories.model import load_hf
-    from tinystories.rundir import read_json, sha256_path
-    from tinystories.trainer import STATE_FILE, TrainSettings, discard_checkpoint, process_state, recover_checkpoint, train
+    from tinystories.pipeline.config import derive_seed
+    from tinystories.train.model import load_hf
+    from tinystories.io.rundir import read_json, sha256_path
+    from tinystories.train.trainer import STATE_FILE, TrainSettings, discard_checkpoint, process_state, recover_checkpoint, train
 
     sc: Config = cfg.sft
     seed = derive_seed(cfg.seed, NAME)
@@ -424,7 +419,7 @@ def run(cfg, rundir) -> dict:
         if state.is_main_process:
             recover_checkpoint(out_dir)  # a kill while a checkpoint moved in: finish the move first
             prev = read_json(out_dir / "tinystories.json").get("fingerprint") if (out_dir / "tinystories.json").exists() else None
-            if getattr(rundir, "force", False) or not (out_dir / STATE_FILE).exists() or prev != fingerprint:
+            if force or not (out_dir / STATE_FILE).exists() or prev != fingerprint:
                 # Resume only the very same run: another base checkpoint, dataset or setting starts over.
                 if out_dir.exists():
                     log.info("sft %s: starting over in %s", name, out_dir)
@@ -474,7 +469,7 @@ def run(cfg, rundir) -> dict:
                 "base": src,
                 "base_weights_sha256": base_sha,
                 "fingerprint": fingerprint,
-                "prompt_format": prompt_text("{instruction}") + "{story}<|endoftext|>",
+                "prompt_format": instruction_prompt("{instruction}") + "{story}<|endoftext|>",
                 "sft": trajectory,
             },
         )
@@ -506,7 +501,7 @@ def _checkpoint_tokenizer(ckpt: Path, rundir, name: str):
     under sft/ so the tuned checkpoint ships a tokenizer.json like every other. Without any
     tokenizer files, the run's own tokenizer/ is used.
     """
-    from tinystories.tokenizer import load_tokenizer
+    from tinystories.train.tokenizer import load_tokenizer
 
     if (ckpt / "tokenizer.json").exists():
         return load_tokenizer(ckpt), ckpt
@@ -549,7 +544,7 @@ def write_samples(out_dir: Path, tokenizer, pairs: list[dict], n: int, max_new_t
     import torch
     from transformers import GPTNeoForCausalLM
 
-    from tinystories.rundir import write_json
+    from tinystories.io.rundir import write_json
 
     model = GPTNeoForCausalLM.from_pretrained(str(out_dir))
     model.eval()
@@ -564,7 +559,7 @@ def write_samples(out_dir: Path, tokenizer, pairs: list[dict], n: int, max_new_t
         if str(pair["id"]) in seen:
             continue  # one sample per story
         seen.add(str(pair["id"]))
-        ids = tokenizer.backend_tokenizer.encode(prompt_text(pair["instruction"]), add_special_tokens=False).ids
+        ids = tokenizer.backend_tokenizer.encode(instruction_prompt(pair["instruction"]), add_special_tokens=False).ids
         room = min(max_new_tokens, max_pos - len(ids))
         if room < 1:
             continue

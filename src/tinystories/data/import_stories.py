@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Iterator
 
 from tinystories.errors import UserError
-from tinystories.filters import DATASET, EOS, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, batched, reset_if_stale, stats_table
+from tinystories.data.filters import DATASET, EOS, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, batched, reset_if_stale, stats_table
 from tinystories.progress import progress_bar
-from tinystories.rundir import RunDir
+from tinystories.io.rundir import RunDir
 
 NAME = "import"
 SECTION = "import_"
@@ -235,8 +235,8 @@ def _fingerprint(cfg, path: Path) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run(cfg, rundir: RunDir) -> dict:
-    from tinystories.config import derive_seed
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
+    from tinystories.pipeline.config import derive_seed
 
     icfg: Config = cfg.import_
     if not icfg.path:
@@ -251,7 +251,7 @@ def run(cfg, rundir: RunDir) -> dict:
     path = _source_path(icfg)
     vocab = None
     if icfg.use_vocabulary:
-        from tinystories.vocab import load_vocabulary
+        from tinystories.data.vocab import load_vocabulary
 
         vocab = load_vocabulary(rundir.path(VOCABULARY))
     reset_if_stale(

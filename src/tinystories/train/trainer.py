@@ -1,9 +1,9 @@
 """The training loop shared by pretraining and SFT: resumable, data-parallel, logged.
 
-    from tinystories.trainer import TrainSettings, train
+    from tinystories.train.trainer import TrainSettings, train
     metrics = train(model, settings, out_dir, train_source, val_source, tokenizer_dir=..., ...)
 
-A caller provides the model (tinystories.model.FastGPTNeo), the settings, and two batch sources:
+A caller provides the model (tinystories.train.model.FastGPTNeo), the settings, and two batch sources:
 - `train_source.batch(step, micro, rank, world) -> (input_ids, labels)`, LongTensors [B, T],
   labels in Hugging Face convention (same length as input_ids, -100 = not trained, shifted
   inside the loss). It must be a pure function of its arguments: resuming at step N then needs
@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tinystories.errors import UserError
-from tinystories.rundir import JsonlWriter, read_jsonl, write_text
+from tinystories.io.rundir import JsonlWriter, read_jsonl, write_text
 
-log = logging.getLogger("tinystories.trainer")
+log = logging.getLogger("tinystories.train.trainer")
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -153,7 +153,7 @@ def _move_in(tmp: Path, out_dir: Path) -> None:
 def write_checkpoint(model, out_dir: Path, state: dict, tokenizer_dir, eos_token_id, extra: dict) -> None:
     import torch
 
-    from tinystories.model import save_hf
+    from tinystories.train.model import save_hf
 
     tmp = _tmp_dir(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -259,7 +259,7 @@ def train(
     if state is not None:
         from safetensors.torch import load_file
 
-        from tinystories.model import from_hf_state_dict
+        from tinystories.train.model import from_hf_state_dict
 
         sd = load_file(str(out_dir / "model.safetensors"))
         sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
@@ -267,7 +267,7 @@ def train(
         start_step, tokens_seen, train_time = state["step"], state["tokens_seen"], state.get("train_time_s", 0.0)
     model.to(device)
 
-    from tinystories.model import param_groups
+    from tinystories.train.model import param_groups
 
     fused = device.type in ("cuda", "cpu")
     try:

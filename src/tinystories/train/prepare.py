@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tinystories.errors import UserError
-from tinystories.rundir import RunDir, read_json, write_json
+from tinystories.io.rundir import RunDir, read_json, write_json
 
 NAME = "prepare"
 SECTION = "prepare"
@@ -104,12 +104,12 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def run(cfg, rundir: RunDir) -> dict:
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     import numpy as np
 
-    from tinystories.config import derive_seed
+    from tinystories.pipeline.config import derive_seed
     from tinystories.progress import progress_bar
-    from tinystories.tokenizer import EOS, check_dataset, count_stories, iter_story_chunks, load_raw_tokenizer
+    from tinystories.train.tokenizer import EOS, check_dataset, count_stories, iter_story_chunks, load_raw_tokenizer
 
     c: Config = cfg.prepare
     context = _context(cfg)
@@ -162,7 +162,7 @@ def run(cfg, rundir: RunDir) -> dict:
             p.unlink(missing_ok=True)
             p.touch()
     resumed_from = state["offset"]
-    log = logging.getLogger("tinystories.prepare")
+    log = logging.getLogger("tinystories.train.prepare")
     log.info("%d stories, %d for validation (seed %d); %s", n_stories, n_val, seed, f"resuming at byte {resumed_from}" if resumed_from else "starting")
 
     def chunks() -> Iterator[tuple[dict, int, int]]:

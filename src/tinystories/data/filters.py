@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from tinystories.errors import UserError
-from tinystories.rundir import JsonlWriter, atomic_path, read_json, read_jsonl, write_json
+from tinystories.io.rundir import JsonlWriter, atomic_path, read_json, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def _required_forms(word: str, pos: str) -> tuple[tuple[str, ...], ...]:
 @lru_cache(maxsize=200_000)
 def inflections(word: str, pos: str) -> frozenset[str]:
     """The word and its inflections, lowercase. `pos` is noun, verb or adjective, or "any"."""
-    from tinystories.vocab import word_forms
+    from tinystories.data.vocab import word_forms
 
     word = word.lower().strip()
     poses = POS if pos not in POS else (pos,)
@@ -826,7 +826,7 @@ class DatasetBuilder:
     def finish(self, vocab: dict | None, attempted: int | None = None) -> dict:
         """Write the dataset text and stats from the files on disk (atomic), return the stats."""
         self.close()
-        from tinystories.vocab import vocabulary_forms
+        from tinystories.data.vocab import vocabulary_forms
 
         acc = StatsAccumulator(vocabulary_forms(vocab) if vocab else None, self.opts.stats_sample, self.seed)
         with atomic_path(self.rundir.path(DATASET)) as tmp, open(tmp, "w", encoding="utf-8") as out:

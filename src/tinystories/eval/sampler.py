@@ -1,6 +1,6 @@
 """Batched nucleus sampling with a KV cache for our GPT-Neo checkpoints (and any HF causal LM).
 
-    from tinystories.sampler import generate
+    from tinystories.eval.sampler import generate
     outs = generate(model, [[12, 7, 99], [5]], max_new_tokens=200, seeds=[1, 2], eos_token_id=0)
 
 Why a loop of our own rather than `model.generate`: the completion stage needs one seed per

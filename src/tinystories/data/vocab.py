@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tinystories.errors import UserError
-from tinystories.rundir import RunDir, write_json
+from tinystories.io.rundir import RunDir, write_json
 
 NAME = "vocab"
 SECTION = "vocab"
@@ -57,7 +57,7 @@ class Config:
 
 
 def shipped_path() -> Path:
-    return Path(__file__).resolve().parent / "data" / "vocabulary.json"
+    return Path(__file__).resolve().parent.parent / "resources" / "vocabulary.json"
 
 
 def source_path(cfg) -> Path:
@@ -209,10 +209,10 @@ def _most_frequent(words: list[str], n: int) -> list[str]:
     return ranked[:n]
 
 
-def run(cfg, rundir: RunDir) -> dict:
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     import logging
 
-    log = logging.getLogger("tinystories.vocab")
+    log = logging.getLogger("tinystories.data.vocab")
     src = source_path(cfg)
     vocab = load_vocabulary(src)
     cap = cfg.vocab.max_per_category

@@ -19,10 +19,13 @@ from importlib import metadata
 from types import ModuleType
 
 from tinystories.errors import UserError
-from tinystories.rundir import RunDir, now_iso, sha256_path
+from tinystories.io.rundir import RunDir, now_iso, sha256_path
 
 # Pipeline order. `tinystories run` walks this list.
-STAGE_MODULES: list[str] = ["vocab", "generate", "import_stories", "tokenizer", "prepare", "pretrain", "instruct_data", "sft", "complete", "judge", "report"]
+STAGE_MODULES: list[str] = [
+    "data.vocab", "data.generate", "data.import_stories", "train.tokenizer", "train.prepare", "train.pretrain",
+    "data.instruct_data", "train.sft", "eval.complete", "eval.judge", "eval.report",
+]
 
 _PACKAGES = ("tinystories", "torch", "transformers", "tokenizers", "accelerate", "llama_cpp_python", "openai", "datasketch")
 
@@ -58,8 +61,8 @@ class Stage:
     def outputs(self, cfg) -> list[str]:
         return list(self.module.outputs(cfg))
 
-    def run(self, cfg, rundir: RunDir) -> dict:
-        return self.module.run(cfg, rundir) or {}
+    def run(self, cfg, rundir: RunDir, force: bool = False) -> dict:
+        return self.module.run(cfg, rundir, force=force) or {}
 
 
 STAGES: list[Stage] = [Stage(importlib.import_module(f"tinystories.{m}")) for m in STAGE_MODULES]
@@ -111,7 +114,7 @@ def is_current(stage: Stage, cfg, rundir: RunDir, config_hash: str, inputs: dict
 
 def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
     """Run one stage unless it is current; record everything in the manifest."""
-    from tinystories.config import derive_seed
+    from tinystories.pipeline.config import derive_seed
 
     rundir.ensure()
     for rel in stage.inputs(cfg):
@@ -146,10 +149,9 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
     logger.addHandler(handler)
     logger.info("stage %s started (config %s)", stage.name, config_hash[:12])
     t0 = time.time()
-    # A stage that resumes its own partial work (pretrain) must know that --force asked it to start over.
-    rundir.force = force
     try:
-        metrics = stage.run(cfg, rundir)
+        # A stage that resumes its own partial work must know that --force asked it to start over.
+        metrics = stage.run(cfg, rundir, force=force)
     except BaseException as exc:
         record.update(
             status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tinystories.errors import UserError
-from tinystories.rundir import RunDir
+from tinystories.io.rundir import RunDir
 
 NAME = "tokenizer"
 SECTION = "tokenizer"
@@ -327,7 +327,7 @@ def bytes_per_token(tok, stories: list[str]) -> float:
 # --- the stage -----------------------------------------------------------------------------
 
 
-def run(cfg, rundir: RunDir) -> dict:
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     from tinystories.progress import progress_bar
 
     c: Config = cfg.tokenizer
@@ -363,7 +363,7 @@ def run(cfg, rundir: RunDir) -> dict:
     sample = list(iter_stories(path, limit=c.compression_sample))
     bpt = bytes_per_token(tok, sample)
     save_tokenizer(tok, rundir.path(TOKENIZER_DIR))
-    logging.getLogger("tinystories.tokenizer").info(
+    logging.getLogger("tinystories.train.tokenizer").info(
         "trained on %d stories in %.1fs: vocab %d, %.2f bytes/token", counts["stories"], train_s, tok.get_vocab_size(), bpt
     )
     return {

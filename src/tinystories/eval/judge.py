@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tinystories.errors import UserError
-from tinystories.rundir import JsonlWriter, RunDir, read_jsonl, write_json, write_text
+from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, write_json, write_text
 
 NAME = "judge"
 SECTION = "judge"
@@ -69,7 +69,7 @@ CATEGORIES = ("grammar", "creativity", "consistency", "plot")
 AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
 DAMAGES = ("shuffled_sentences", "word_salad", "truncated", "swapped")
 
-log = logging.getLogger("tinystories.judge")
+log = logging.getLogger("tinystories.eval.judge")
 
 
 @dataclass
@@ -388,7 +388,7 @@ def word_compliance(completions: Iterable[dict], words_used: Callable[[str, list
         if not words:
             continue  # e.g. a Summary-only instruction: nothing to count
         if words_used is None:
-            from tinystories.filters import FilterOptions, StoryFilter
+            from tinystories.data.filters import FilterOptions, StoryFilter
 
             words_used = StoryFilter(FilterOptions()).words_used
         used = words_used(rec["text"], words) or {}
@@ -521,8 +521,8 @@ def plan_requests(completions: list[dict], c: Config, stage_seed: int) -> tuple[
     return plan, {"damage_not_applicable": skipped, "discrimination_sample": len(disc), "consistency_sample": len(repeat)}
 
 
-def run(cfg, rundir: RunDir) -> dict:
-    from tinystories.config import derive_seed
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
+    from tinystories.pipeline.config import derive_seed
     from tinystories.llm import Request, make_client
 
     c: Config = cfg.judge

@@ -123,7 +123,7 @@ def build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
 
 def sections() -> dict[str, type]:
     """Section name -> dataclass: `llm` plus every registered stage's own section."""
-    from tinystories.stages import STAGES
+    from tinystories.pipeline.registry import STAGES
 
     out: dict[str, type] = {"llm": LLMConfig}
     for stage in STAGES:

@@ -37,8 +37,8 @@ from importlib import resources
 from typing import Any
 
 from tinystories.errors import UserError
-from tinystories.filters import DATASET, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, format_problem, reset_if_stale, stats_table
-from tinystories.rundir import RunDir, sha256_path
+from tinystories.data.filters import DATASET, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, format_problem, reset_if_stale, stats_table
+from tinystories.io.rundir import RunDir, sha256_path
 
 NAME = "generate"
 SECTION = "generate"
@@ -49,7 +49,7 @@ STATE = "data/.generate_state.json"
 DEFAULT_FEATURES = ["Dialogue", "Twist", "BadEnding", "MoralValue", "Foreshadowing", "Conflict"]  # names as in the published data
 ID_PREFIX = "g"
 
-log = logging.getLogger("tinystories.generate")
+log = logging.getLogger("tinystories.data.generate")
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Config(FilterOptions):
 @lru_cache(maxsize=1)
 def template() -> dict:
     """The versioned prompt template from package data: {version, features, features_sentence, text}."""
-    raw = resources.files("tinystories").joinpath("data/prompts/story.txt").read_text(encoding="utf-8")
+    raw = resources.files("tinystories").joinpath("resources/prompts/story.txt").read_text(encoding="utf-8")
     out: dict = {"features": {}}
     lines = raw.splitlines()
     for n, line in enumerate(lines):
@@ -146,7 +146,7 @@ def make_request(i: int, params: dict, gcfg: Config, mode: str):
 
 
 def _load_vocab(rundir: RunDir) -> dict:
-    from tinystories.vocab import load_vocabulary
+    from tinystories.data.vocab import load_vocabulary
 
     vocab = load_vocabulary(rundir.path(VOCABULARY))
     for key in ("nouns", "verbs", "adjectives"):
@@ -198,8 +198,8 @@ def _answer_through_batch(gcfg, llm_cfg, rundir: RunDir, builder, base_seed: int
         log.info("generate: Batch API %s", {k: v for k, v in summary.items() if k != "failures"})
 
 
-def run(cfg, rundir: RunDir) -> dict:
-    from tinystories.config import derive_seed
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
+    from tinystories.pipeline.config import derive_seed
     from tinystories.llm import Reject, make_client
 
     gcfg: Config = cfg.generate

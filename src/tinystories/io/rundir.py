@@ -15,12 +15,18 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tinystories.errors import UserError
 
-MANIFEST = "manifest.json"
-CONFIG = "config.yaml"
+from tinystories.io.layout import CONFIG, MANIFEST  # noqa: F401  (re-exported for callers of rundir)
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -34,8 +40,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.exists():
-            with open(tmp_path, "rb") as fh:
-                os.fsync(fh.fileno())
+            if tmp_path.is_file():
+                # mkstemp creates 0600; a written file gets the mode the umask gives a new file,
+                # so a teammate can read the weights and reports of a shared run.
+                os.chmod(tmp_path, 0o666 & ~_umask())
+                with open(tmp_path, "rb") as fh:
+                    os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -57,6 +67,11 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix or delete the file") from None
+
+
+def rewrite_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Replace a JSONL file atomically with `rows` (the resume routines drop stale rows this way)."""
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
@@ -167,7 +182,6 @@ class RunDir:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.force = False  # set by the executor: --force asks a resumable stage to start over
 
     def path(self, rel: str) -> Path:
         return self.root / rel

@@ -1,6 +1,6 @@
 """GPT-Neo for TinyStories: the size presets, a fast training module, and HF export/import.
 
-    from tinystories.model import resolve_shape, FastGPTNeo, save_hf, load_hf
+    from tinystories.train.model import resolve_shape, FastGPTNeo, save_hf, load_hf
     model = FastGPTNeo(resolve_shape("8M"), vocab_size=10000)
     loss = model(input_ids, labels=input_ids)           # HF convention: labels shifted inside
     save_hf(model, "pretrain/8M", tokenizer_dir="tokenizer", eos_token_id=0)
@@ -249,7 +249,7 @@ _CLASSES: dict | None = None
 
 
 def __getattr__(name: str):
-    """`from tinystories.model import FastGPTNeo` builds the torch classes on first use (PEP 562),
+    """`from tinystories.train.model import FastGPTNeo` builds the torch classes on first use (PEP 562),
     so the presets and config checks above stay importable without importing torch."""
     global _CLASSES
     if name in ("FastGPTNeo", "Block"):

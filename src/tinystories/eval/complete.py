@@ -23,7 +23,7 @@ shape): story beginnings that stop mid-sentence, and instructions in the instruc
   contains the requested words), and the judge stage leaves them out of the LLM judge.
 
 Sampling: nucleus (top_p 0.95, temperature 1.0), up to max_new_tokens, stopping at the eos token,
-one seed per (model, prompt, sample), batched with a KV cache (tinystories.sampler).
+one seed per (model, prompt, sample), batched with a KV cache (tinystories.eval.sampler).
 
 A correct run writes eval/completions.jsonl (one record per completion: model, kind, task
 ("continue" for a beginning, "instruct" for an instruction), prompt_id, sample_id, prompt (the
@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.errors import UserError
-from tinystories.rundir import JsonlWriter, RunDir, read_jsonl, sha256_path, write_json, write_text
+from tinystories.text.prompts import instruction_prompt
+from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, sha256_path, write_json, write_text
 
 NAME = "complete"
 SECTION = "complete"
@@ -56,7 +57,7 @@ COMPLETIONS = "eval/completions.jsonl"
 MODELS = "eval/models.json"
 PROMPTS_SHAPE = '{"version": ..., "beginnings": [{"id": ..., "text": ...}], "instructions": [{"id": ..., "instruction": ..., "words": [...]}]}'
 
-log = logging.getLogger("tinystories.complete")
+log = logging.getLogger("tinystories.eval.complete")
 
 
 @dataclass
@@ -109,7 +110,7 @@ def load_prompts(path: str | Path | None = None) -> dict:
         text = p.read_text(encoding="utf-8")
     else:
         where = "built-in evaluation_prompts.json"
-        text = resources.files("tinystories").joinpath("data/evaluation_prompts.json").read_text(encoding="utf-8")
+        text = resources.files("tinystories").joinpath("resources/evaluation_prompts.json").read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -153,15 +154,6 @@ def load_prompts(path: str | Path | None = None) -> dict:
     }
 
 
-def instruct_prompt(instruction: str) -> str:
-    """The SFT prompt format, taken from sft.py so generation sees exactly what training saw."""
-    try:
-        from tinystories.sft import prompt_text
-    except ImportError:  # sft not installed: the format it documents
-        return f"### Instruction:\n{instruction}\n\n### Response:\n"
-    return prompt_text(instruction)
-
-
 # -- models ------------------------------------------------------------------------------------
 
 
@@ -176,7 +168,7 @@ def _sft_dirs(cfg) -> list[str]:
     """sft/<name> for every checkpoint the sft stage of this config writes (its own outputs())."""
     if getattr(cfg, "sft", None) is None:
         return []
-    from tinystories import sft
+    from tinystories.train import sft
 
     try:
         return [p for p in sft.outputs(cfg) if p.startswith("sft/")]
@@ -297,8 +289,8 @@ def _load_done(path: Path, fingerprints: dict[str, str]) -> set[tuple]:
     return seen
 
 
-def run(cfg, rundir: RunDir) -> dict:
-    from tinystories.config import derive_seed
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
+    from tinystories.pipeline.config import derive_seed
     from tinystories.progress import progress_bar
 
     c: Config = cfg.complete
@@ -402,7 +394,7 @@ def run(cfg, rundir: RunDir) -> dict:
 def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir: RunDir) -> dict:
     import torch
 
-    from tinystories.sampler import iter_generate
+    from tinystories.eval.sampler import iter_generate
 
     c: Config = cfg.complete
     path = rundir.path(spec.path) if spec.kind != "baseline" else Path(spec.path)
@@ -424,7 +416,7 @@ def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir
         if item["task"] == "instruct":
             # sft.py tokenizes the prompt on its own, without a leading eos: do the same. A base
             # model gets the same text but, like every document it was trained on, after an eos.
-            ids = tokenizer(instruct_prompt(item["prompt"]), add_special_tokens=False).input_ids
+            ids = tokenizer(instruction_prompt(item["prompt"]), add_special_tokens=False).input_ids
             if spec.kind != "instruct":
                 ids = [start] + ids
         else:
@@ -471,7 +463,7 @@ def _complete_embedded(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, 
         return info
     requests = []
     for i, (item, k) in enumerate(todo):
-        prompt = instruct_prompt(item["prompt"]) if item["task"] == "instruct" else item["prompt"]
+        prompt = instruction_prompt(item["prompt"]) if item["task"] == "instruct" else item["prompt"]
         requests.append(
             Request(
                 key=str(i),

@@ -65,7 +65,7 @@ LABELS = {"words": "Words", "sentence": "Sentence", "features": "Features", "sum
 PUBLISHED_KEYS = {"words": "words", "features": "features", "summary": "summary", "random sentence": "sentence"}
 ENDOFTEXT = "<|endoftext|>"
 
-log = logging.getLogger("tinystories.instruct_data")
+log = logging.getLogger("tinystories.data.instruct_data")
 
 
 @dataclass
@@ -127,7 +127,7 @@ def outputs(cfg) -> list[str]:
 def load_summary_template() -> tuple[str, str]:
     """(template text, template version). The version is the file's declared version plus a
     hash of its text, so an edit that forgets to bump the version still invalidates the cache."""
-    raw = resources.files("tinystories").joinpath("data/prompts/summary.txt").read_text(encoding="utf-8")
+    raw = resources.files("tinystories").joinpath("resources/prompts/summary.txt").read_text(encoding="utf-8")
     version = ""
     body: list[str] = []
     for line in raw.splitlines():
@@ -250,7 +250,7 @@ def story_seed(seed: int, story_id: Any) -> int:
 
 def iter_stories(path: Path, limit: int = 0) -> Iterator[dict]:
     """Stories with their line numbers checked; a torn last line (a kill mid-write) is ignored."""
-    from tinystories.rundir import read_jsonl_numbered
+    from tinystories.io.rundir import read_jsonl_numbered
 
     seen: set[str] = set()
     n = 0
@@ -309,15 +309,15 @@ class Tally:
 # -- the stage --------------------------------------------------------------------------------
 
 
-def run(cfg, rundir) -> dict:
+def run(cfg, rundir, force: bool = False) -> dict:
     ic: Config = cfg.instruct_data
     if ic.source_path:
         return _convert_published(cfg, rundir)
-    return _build_from_stories(cfg, rundir)
+    return _build_from_stories(cfg, rundir, force)
 
 
 def _fingerprint(cfg, stories: Path) -> str:
-    from tinystories.rundir import sha256_path
+    from tinystories.io.rundir import sha256_path
 
     payload = {
         "instruct_data": asdict(cfg.instruct_data),
@@ -363,9 +363,9 @@ def _load_partial(path: Path, tally: Tally, sets_per_story: int) -> set[str]:
     return done
 
 
-def _build_from_stories(cfg, rundir) -> dict:
-    from tinystories.config import derive_seed
-    from tinystories.rundir import JsonlWriter, read_json, read_jsonl, write_json
+def _build_from_stories(cfg, rundir, force: bool) -> dict:
+    from tinystories.pipeline.config import derive_seed
+    from tinystories.io.rundir import JsonlWriter, read_json, read_jsonl, write_json
 
     ic: Config = cfg.instruct_data
     seed = derive_seed(cfg.seed, NAME)
@@ -379,7 +379,7 @@ def _build_from_stories(cfg, rundir) -> dict:
     # Resume only what belongs to this exact config and input; anything else starts over
     # (cheaply: answered summaries still come from the LLM cache).
     fingerprint = _fingerprint(cfg, stories_path)
-    resumable = not getattr(rundir, "force", False) and progress_path.exists() and read_json(progress_path).get("fingerprint") == fingerprint
+    resumable = not force and progress_path.exists() and read_json(progress_path).get("fingerprint") == fingerprint
     if not resumable:
         out_partial.unlink(missing_ok=True)
         failed_partial.unlink(missing_ok=True)
@@ -648,7 +648,7 @@ def read_tinystories_instruct(path: str | os.PathLike, limit: int = 0) -> Iterat
 
 def _convert_published(cfg, rundir) -> dict:
     from tinystories.progress import progress_bar
-    from tinystories.rundir import atomic_path, write_json, write_text
+    from tinystories.io.rundir import atomic_path, write_json, write_text
 
     ic: Config = cfg.instruct_data
     source = Path(ic.source_path).expanduser()

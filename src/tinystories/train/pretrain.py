@@ -9,7 +9,7 @@ the tokenizer. Each size in `pretrain.sizes` is a preset of the paper (1M, 3M, 8
 GPT-Neo, 16 heads, alternating global/local attention with a 256 window) or a shape defined
 under `pretrain.shapes`. Training samples random contiguous windows of `context` tokens from
 train.bin (windows cross story boundaries, as in GPT pretraining), uses the fast GPT-Neo of
-tinystories.model and the shared loop of tinystories.trainer (AdamW, warmup + cosine,
+tinystories.train.model and the shared loop of tinystories.train.trainer (AdamW, warmup + cosine,
 clipping, accumulation, bf16 autocast where supported, optional torch.compile).
 
 A correct run writes, per size, pretrain/<size>/: config.json + model.safetensors loadable with
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinystories.errors import UserError
-from tinystories.rundir import sha256_path
+from tinystories.io.rundir import sha256_path
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Config:
     compile: bool = True  # torch.compile the model: ~1.1-1.3x faster steps for ~30 s of compiling per size (falls back to eager on failure)
 
     def check(self) -> list[str]:
-        from tinystories.model import PRESETS, SHAPE_FIELDS, Shape
+        from tinystories.train.model import PRESETS, SHAPE_FIELDS, Shape
 
         problems = []
         if not self.sizes:
@@ -171,7 +171,7 @@ def load_data(rundir, c: Config) -> tuple[dict, Any, Any]:
     """meta, train and val token memmaps, with every size check the data allows."""
     import numpy as np
 
-    from tinystories.rundir import read_json
+    from tinystories.io.rundir import read_json
 
     meta = read_json(rundir.path(META))
     vocab = int(meta.get("vocab_size", 0))
@@ -220,12 +220,12 @@ def _trained_on_other_data(out_dir, data_id: str) -> bool:
     return False
 
 
-def run(cfg, rundir) -> dict:
+def run(cfg, rundir, force: bool = False) -> dict:
     import dataclasses
 
-    from tinystories.config import derive_seed
-    from tinystories.model import FastGPTNeo, count_params, resolve_shape
-    from tinystories.trainer import TrainSettings, discard_checkpoint, process_state, train
+    from tinystories.pipeline.config import derive_seed
+    from tinystories.train.model import FastGPTNeo, count_params, resolve_shape
+    from tinystories.train.trainer import TrainSettings, discard_checkpoint, process_state, train
 
     c: Config = cfg.pretrain
     seed = derive_seed(cfg.seed, NAME)
@@ -264,7 +264,7 @@ def run(cfg, rundir) -> dict:
     metrics: dict[str, Any] = {}
     for size, shape in shapes.items():
         out_dir = rundir.path(f"{OUT_DIR}/{size}")
-        if process_state().is_main_process and (getattr(rundir, "force", False) or _trained_on_other_data(out_dir, data_id)):
+        if process_state().is_main_process and (force or _trained_on_other_data(out_dir, data_id)):
             discard_checkpoint(out_dir)
         process_state().wait_for_everyone()
         import torch
