@@ -28,7 +28,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from tinystories.data import filters as F  # noqa: E402
+from tinystories.data.checks import FilterOptions, StoryFilter  # noqa: E402
+from tinystories.data.dedup import Deduper  # noqa: E402
+from tinystories.text.words import inflections, tokenize  # noqa: E402
 
 TOKENS_PER_STORY = 300  # a 3-5 paragraph TinyStories story is ~200 words, ~300 tokens
 
@@ -36,7 +38,7 @@ TOKENS_PER_STORY = 300  # a 3-5 paragraph TinyStories story is ~200 words, ~300 
 def make_corpus(n: int, seed: int = 0) -> tuple[list[str], list[dict], dict]:
     from wordfreq import top_n_list
 
-    from tinystories.data.vocab import load_vocabulary
+    from tinystories.text.vocabulary import load_vocabulary
 
     rng = np.random.default_rng(seed)
     vocab = [w for w in top_n_list("en", 3000) if w.isalpha()][100:2600]
@@ -87,17 +89,17 @@ def make_corpus(n: int, seed: int = 0) -> tuple[list[str], list[dict], dict]:
     return texts, words_req, truth
 
 
-def run_ours(texts, words_req, opts: F.FilterOptions, batch: int = 1024) -> dict:
-    flt = F.StoryFilter(opts)
-    dd = F.Deduper(opts.dedup, opts.dedup_threshold, opts.num_perm, opts.shingle_size)
+def run_ours(texts, words_req, opts: FilterOptions, batch: int = 1024) -> dict:
+    flt = StoryFilter(opts)
+    dd = Deduper(opts.dedup, opts.dedup_threshold, opts.num_perm, opts.shingle_size)
     # warm the caches (inflections of the vocabulary, wordlists) outside the clock: after its
     # first few thousand stories a long run has them all
-    from tinystories.data.vocab import load_vocabulary
+    from tinystories.text.vocabulary import load_vocabulary
 
     vocab = load_vocabulary()
     for c, pos in (("nouns", "noun"), ("verbs", "verb"), ("adjectives", "adjective")):
         for w in vocab[c]:
-            F.inflections(w, pos)
+            inflections(w, pos)
     flt.check(texts[0], "stop", words_req[0])
     t_filter = t_dedup = 0.0
     c0 = time.process_time()
@@ -124,7 +126,7 @@ def run_ours(texts, words_req, opts: F.FilterOptions, batch: int = 1024) -> dict
     return {"filter_s": t_filter, "dedup_s": t_dedup, "cpu_s": time.process_time() - c0, "reasons": reasons, "outcome": outcome, "kept": len(dd)}
 
 
-def run_datasketch(texts, opts: F.FilterOptions, n: int) -> float:
+def run_datasketch(texts, opts: FilterOptions, n: int) -> float:
     """The reference: datasketch MinHash (sha1 per shingle, num_perm permutations) + MinHashLSH."""
     from datasketch import MinHash, MinHashLSH
 
@@ -132,7 +134,7 @@ def run_datasketch(texts, opts: F.FilterOptions, n: int) -> float:
     k = opts.shingle_size
     t0 = time.perf_counter()
     for i, text in enumerate(texts[:n]):
-        toks = F.tokenize(text)
+        toks = tokenize(text)
         m = MinHash(num_perm=opts.num_perm)
         m.update_batch([" ".join(toks[j : j + k]).encode() for j in range(max(1, len(toks) - k + 1))])
         if not lsh.query(m):
@@ -140,9 +142,9 @@ def run_datasketch(texts, opts: F.FilterOptions, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def index_bytes_per_story(texts, opts: F.FilterOptions, n: int) -> float:
-    toks = [F.tokenize(t) for t in texts[:n]]
-    dd = F.Deduper(opts.dedup, opts.dedup_threshold, opts.num_perm, opts.shingle_size)
+def index_bytes_per_story(texts, opts: FilterOptions, n: int) -> float:
+    toks = [tokenize(t) for t in texts[:n]]
+    dd = Deduper(opts.dedup, opts.dedup_threshold, opts.num_perm, opts.shingle_size)
     dd.process([(str(i), toks[i]) for i in range(200)])  # word-hash cache and arrays warm
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -162,12 +164,12 @@ def embedded_tokens_per_s() -> dict | None:
     except Exception as exc:  # not installed: report, do not fail
         print(f"embedded backend unavailable ({exc}); skipping stories/hour")
         return None
-    from tinystories.data.generate import render_prompt
+    from tinystories.text.prompts import story_prompt
     from tinystories.llm import LLMConfig, Request, make_client
 
     client = make_client(LLMConfig(backend="embedded", model="smollm2-135m", max_attempts=1), None)
     reqs = [
-        Request(key=str(i), messages=({"role": "user", "content": render_prompt(w, f)},), max_tokens=64, temperature=1.0, seed=i)
+        Request(key=str(i), messages=({"role": "user", "content": story_prompt(w, f)},), max_tokens=64, temperature=1.0, seed=i)
         for i, (w, f) in enumerate(
             [({"noun": "ball", "verb": "jump", "adjective": "red"}, ["Dialogue"]), ({"noun": "cake", "verb": "share", "adjective": "happy"}, [])]
         )
@@ -188,7 +190,7 @@ def main() -> None:
     ap.add_argument("--no-embedded", action="store_true")
     args = ap.parse_args()
 
-    opts = F.FilterOptions()
+    opts = FilterOptions(require_words=True)  # as before the default changed: a near copy missing a required word counts as caught
     t0 = time.perf_counter()
     texts, words_req, truth = make_corpus(args.stories)
     words = [len(t.split()) for t in texts]

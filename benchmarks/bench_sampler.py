@@ -1,19 +1,27 @@
 """Generated tokens/s of the batched sampler vs GPTNeoForCausalLM.generate one sequence at a time.
 
     .venv/bin/python benchmarks/bench_sampler.py [--sizes 1M 8M] [--prompts 64] [--new-tokens 128] [--device cpu]
+    python3 benchmarks/bench_sampler.py --device cuda --sizes 8M 33M
 
 Random weights (speed does not depend on them). Both sides sample with top_p 0.95,
 temperature 1.0 and generate exactly --new-tokens tokens per sequence (no early stop), so they
 do the same work. Also measured, for the record: `generate` on the same left-padded batch, to
 show what our own loop buys over batching through `generate`. Target: sampler >= 5x the
-one-at-a-time reference. The last line is one JSON object.
+one-at-a-time reference. The models run in fp32 on every device, as the complete stage runs
+them. The last line is one JSON object ("bench": "sampler", per size sampler_tok_s_<size>,
+hf_generate_tok_s_<size>, hf_generate_batched_tok_s_<size>, sampler_speedup_vs_hf_<size>, and
+the device, GPU and library versions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 
 def model_config(size: str):
@@ -54,6 +62,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    import transformers
     from transformers import GPTNeoForCausalLM
 
     from tinystories.eval.sampler import generate
@@ -61,7 +70,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    result: dict[str, float | str] = {}
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: no CUDA device visible")
+    result: dict[str, float | str] = {"bench": "sampler", "device": str(device), "torch": torch.__version__, "transformers": transformers.__version__}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, 10000, (int(torch.randint(12, 40, (1,), generator=g)),), generator=g).tolist() for _ in range(args.prompts)]
     n = args.new_tokens
@@ -122,7 +135,6 @@ def main() -> None:
         result[f"hf_generate_tok_s_{size}"] = round(ref, 1)
         result[f"hf_generate_batched_tok_s_{size}"] = round(batched, 1)
         result[f"sampler_speedup_vs_hf_{size}"] = round(ours / ref, 2)
-    result["device"] = str(device)
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result))
 

@@ -1,4 +1,13 @@
-"""A scripted backend for tests of LLM stages: answers come from a Python function, no model."""
+"""A scripted backend for tests of LLM stages: answers come from a Python function, no model.
+
+A test puts it in place the way any backend gets in, through the registry (llm/registry.py):
+
+    backend = register_scripted(ScriptedBackend(reply))
+    main(["generate", ...])          # the stage's make_client finds the scripted backend
+
+It is registered under "embedded", the default `llm.backend`, so a stage test needs no config
+change to use it; tests/conftest.py undoes every registration when the test ends.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,9 @@ import asyncio
 from typing import Callable
 
 from tinystories.llm.base import RawResult, Request
+from tinystories.llm.registry import register_backend
+
+SCRIPTED_AS = "embedded"
 
 
 class ScriptedBackend:
@@ -32,3 +44,12 @@ class ScriptedBackend:
 
     async def aclose(self) -> None:
         pass
+
+    def close(self) -> None:
+        pass  # nothing held; a test keeps using the same instance across stage runs
+
+
+def register_scripted(backend: ScriptedBackend, name: str = SCRIPTED_AS) -> ScriptedBackend:
+    """Make `llm.backend: <name>` build `backend` (the same instance every time, so a test can read its calls)."""
+    register_backend(name, lambda cfg: backend)
+    return backend

@@ -1,10 +1,12 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
 
 It speaks enough of the API for the `openai` backend (/v1/chat/completions, /v1/completions,
-/v1/models, and /v1/files + /v1/batches for the Batch API) and can be told to misbehave:
-answer 429 with Retry-After, 5xx, 4xx, hang past the client's timeout, drop the connection,
-or return garbage. It records every request with its arrival time, so tests can check what
-really went over the wire (rate limits, retries, the Authorization header).
+/v1/models, and /v1/files + /v1/batches for the Batch API), token log-probabilities included,
+and can be told to misbehave in every way FAULT_KINDS lists: 429 with or without Retry-After,
+5xx, 4xx, HTML pages, an error object or no usable choice in a 200, truncated JSON, null
+content, a hang past the client's timeout, a dropped connection, a text/plain 200 that echoes
+the request headers (the key with them). It records every request with its arrival time, so
+tests can check what really went over the wire (rate limits, retries, the Authorization header).
 
 Why a hand-written asyncio HTTP/1.1 server rather than a web framework: a test needs to drop
 a connection mid-request or send a body that is not JSON, which frameworks make hard, and
@@ -29,38 +31,14 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+from stub_faults import BODY_FAULTS, CONNECTION_FAULTS, FAULT_KINDS, HTML_PAGE, STATUS_FAULTS, Fault, FaultCycle, chat_logprobs, completion_logprobs
 
+__all__ = ["BODY_FAULTS", "CONNECTION_FAULTS", "FAULT_KINDS", "STATUS_FAULTS", "Fault", "FaultCycle", "Record", "StubServer", "prompt_text", "reply_text"]
 
-@dataclass
-class Fault:
-    """One way to misbehave.
-
-    kind: "429" "500" "503" "400" "401" "403" "404" (that status with an OpenAI-style error body),
-    "hang" (never answer; close after `hang_s`), "drop" (close the connection without an answer),
-    "garbage" (200 whose body is not JSON), "missing" (200 JSON without `choices`).
-    It hits requests whose prompt text contains `match` (all when None), `times` times in all,
-    or `times` times per distinct prompt when `per_prompt` (so every request fails first, then succeeds).
-    """
-
-    kind: str
-    match: str | None = None
-    times: int = 1
-    per_prompt: bool = False
-    retry_after: str | None = None  # 429/503: the Retry-After header value (seconds or an HTTP date)
-    hits: dict = field(default_factory=dict)  # prompt text (or "") -> how many requests it hit
-
-    def take(self, text: str) -> bool:
-        if self.match is not None and self.match not in text:
-            return False
-        slot = text if self.per_prompt else ""
-        if self.hits.get(slot, 0) >= self.times:
-            return False
-        self.hits[slot] = self.hits.get(slot, 0) + 1
-        return True
-
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
 
 @dataclass
 class Record:
@@ -97,7 +75,7 @@ class StubServer:
         self.delay_s = delay_s  # every answer waits this long (a slow model)
         self.hang_s = hang_s
         self.model = model
-        self.faults: list[Fault] = []
+        self.faults: list[Fault | FaultCycle] = []
         self.records: list[Record] = []
         self.ports: list[int] = []
         self.files: dict[str, dict] = {}  # Batch API: file id -> {"bytes": ..., "purpose": ...}
@@ -105,6 +83,7 @@ class StubServer:
         self.batch_polls_until_done = 1  # a batch reports in_progress this many times before it completes
         self.refuse_batches = 0  # answer this many batch creations with 503 (a kill between upload and create)
         self.reply = reply_text  # body -> answer text; tests swap in their own writer
+        self.logprobs = True  # answer requests for token log-probabilities; False: ignore them, as some servers do
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._thread: threading.Thread | None = None
@@ -183,8 +162,9 @@ class StubServer:
     # -- serving -----------------------------------------------------------------------------
     def _fault_for(self, text: str) -> Fault | None:
         for fault in self.faults:
-            if fault.take(text):
-                return fault
+            hit = fault.pick(text)
+            if hit is not None:
+                return hit
         return None
 
     def handle(self, conn: "_Connection", method: str, target: str, headers: dict, raw: bytes) -> None:
@@ -236,9 +216,13 @@ class StubServer:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         created = int(time.time())
         if "messages" in body:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
+            if self.logprobs and body.get("logprobs") is True:
+                choice["logprobs"] = {"content": chat_logprobs(words, int(body.get("top_logprobs") or 0))}
             return {"id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": body.get("model", self.model), "choices": [choice], "usage": usage}
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        if self.logprobs and isinstance(body.get("logprobs"), int) and body["logprobs"] > 0:
+            choice["logprobs"] = completion_logprobs(words, body["logprobs"])
         return {"id": "cmpl-stub", "object": "text_completion", "created": created, "model": body.get("model", self.model), "choices": [choice], "usage": usage}
 
     def _misbehave(self, conn: "_Connection", record: Record, fault: Fault) -> None:
@@ -247,14 +231,40 @@ class StubServer:
             conn.drop()
         elif kind == "hang":
             conn.later(self.hang_s, conn.drop)
-        elif kind == "garbage":
-            conn.send(200, b'{"id": "chatcmpl-stub", "choices": [ <html>bad gateway', record=record)
-        elif kind == "missing":
-            conn.send(200, json.dumps({"id": "chatcmpl-stub", "object": "chat.completion", "model": self.model}).encode(), record=record)
+        elif kind in ("html", "html200"):
+            conn.send(502 if kind == "html" else 200, HTML_PAGE, record=record, content_type="text/html")
+        elif kind == "echo":
+            # Authorization first, as in the leak report: however short a cut of the reply a message keeps, the key is in it.
+            headers = sorted(record.headers.items(), key=lambda kv: kv[0] != "authorization")
+            echoed = "\r\n".join([f"{k}: {v}" for k, v in headers] + [f"{record.method} {record.path} HTTP/1.1"])
+            conn.send(fault.status, echoed.encode("latin-1"), record=record, content_type="text/plain")
+        elif kind in BODY_FAULTS:
+            conn.send(200, self._bad_body(kind, record.body), record=record)
         else:
             status = int(kind)
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             conn.send(status, _error_body(f"stub says {status}", "rate_limit_exceeded" if status == 429 else "stub_error"), extra, record=record)
+
+    def _bad_body(self, kind: str, body: dict | None) -> bytes:
+        """The JSON-typed 200 body of a BODY_FAULTS kind."""
+        if kind == "garbage":
+            return b'{"id": "chatcmpl-stub", "choices": [ <html>bad gateway'
+        if kind == "error200":
+            return _error_body("stub says: the model is overloaded", "server_error")
+        if kind == "missing":
+            return json.dumps({"id": "chatcmpl-stub", "object": "chat.completion", "model": self.model}).encode()
+        good = self.completion(body if isinstance(body, dict) else {"messages": []})
+        if kind == "truncated":
+            whole = json.dumps(good).encode()
+            return whole[: len(whole) // 2]
+        if kind == "empty_choices":
+            good["choices"] = []
+        elif kind == "null_content":
+            if "message" in good["choices"][0]:
+                good["choices"][0]["message"]["content"] = None
+            else:
+                good["choices"][0]["text"] = None
+        return json.dumps(good).encode()
 
     # -- models, files and batches -------------------------------------------------------------
     def _other(self, method: str, path: str, headers: dict, raw: bytes) -> tuple[int, dict | bytes]:

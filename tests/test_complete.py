@@ -169,7 +169,7 @@ def test_long_prompt_is_cut_to_fit_the_context():
 
 
 def test_builtin_prompts_are_valid_and_diverse():
-    from tinystories.eval.complete import load_prompts
+    from tinystories.eval.prompt_set import load_prompts
 
     p = load_prompts()
     assert len(p["beginnings"]) >= 45 and len(p["instructions"]) >= 18
@@ -192,7 +192,7 @@ def test_builtin_prompts_are_valid_and_diverse():
     ],
 )
 def test_bad_prompt_files_give_one_line_errors(tmp_path, content, message):
-    from tinystories.eval.complete import load_prompts
+    from tinystories.eval.prompt_set import load_prompts
 
     f = tmp_path / "p.json"
     f.write_text(content)

@@ -2,7 +2,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tinystories.pipeline.config import Config, build, derive_seed, load_config
+from tinystories.pipeline.config import Config, build
+from tinystories.pipeline.ids import derive_seed
+from tinystories.pipeline.registry import load_run_config as load_config
 from tinystories.errors import UserError
 from tinystories.llm.config import LLMConfig
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fake_llm import ScriptedBackend
+from fake_llm import ScriptedBackend, register_scripted
 from tinystories.data import generate as G
+from tinystories.text import prompts as P
 from tinystories.cli import main
 from tinystories.llm import RawResult
-from tinystories.llm import client as client_mod
 from tinystories.io.rundir import read_jsonl
 
 VOCAB = {"nouns": ["ball", "dog", "tree", "cake"], "verbs": ["jump", "run", "sing"], "adjectives": ["happy", "big", "red"]}
@@ -58,9 +58,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def install(monkeypatch, reply, **kw) -> ScriptedBackend:
-    backend = ScriptedBackend(reply, **kw)
-    monkeypatch.setattr(client_mod, "make_backend", lambda cfg: backend)
-    return backend
+    return register_scripted(ScriptedBackend(reply, **kw))
 
 
 def generate(run: Path, *sets: str) -> int:
@@ -72,19 +70,19 @@ def generate(run: Path, *sets: str) -> int:
 
 def test_prompt_follows_the_paper_and_is_a_function_of_seed_and_index():
     words = {"noun": "ball", "verb": "jump", "adjective": "red"}
-    assert G.render_prompt(words, ["Dialogue", "BadEnding"]) == (
+    assert P.story_prompt(words, ["Dialogue", "BadEnding"]) == (
         "Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year old child would likely "
         'understand. The story should use the verb "jump", the noun "ball" and the adjective "red". The story should '
         "have the following features: the story should contain at least one dialogue, the story has a bad ending. "
         "Remember to only use simple words!"
     )
-    assert G.render_prompt(words, []).endswith('the adjective "red". Remember to only use simple words!')
+    assert P.story_prompt(words, []).endswith('the adjective "red". Remember to only use simple words!')
     cfg = G.Config(feature_prob=0.2)
     a = [G.story_params(7, i, VOCAB, cfg) for i in range(30)]
     assert a == [G.story_params(7, i, VOCAB, cfg) for i in range(30)]
     assert a != [G.story_params(8, i, VOCAB, cfg) for i in range(30)]
     assert len({json.dumps(p["words"]) for p in a}) > 5 and any(p["features"] for p in a) and any(not p["features"] for p in a)
-    assert G.template()["version"].startswith("story-v1+")
+    assert P.story_template()["version"].startswith("story-v1+")
 
 
 def test_generate_writes_stories_rejected_dataset_and_stats(run_dir, monkeypatch):
@@ -99,7 +97,7 @@ def test_generate_writes_stories_rejected_dataset_and_stats(run_dir, monkeypatch
         assert f'the noun "{s["words"]["noun"]}"' in s["prompt"]
     assert (run_dir / "data/rejected.jsonl").read_text() == ""
     # every request carries the template version; prompts are the paper's
-    assert {r.template_version for r in backend.calls} == {G.template()["version"]}
+    assert {r.template_version for r in backend.calls} == {P.story_template()["version"]}
     assert all(prompt_of(r).startswith("Write a short story (3-5 paragraphs)") for r in backend.calls)
     # the dataset text: each kept story followed by a line <|endoftext|>
     text = (run_dir / "data/tinystories_dataset.txt").read_text()
@@ -155,7 +153,7 @@ def test_every_filter_and_dedup_in_the_stage(run_dir, monkeypatch):
         texts[i] = good_story(request)
         return texts[i]
 
-    from tinystories.pipeline.config import derive_seed
+    from tinystories.pipeline.ids import derive_seed
 
     seed = derive_seed(1337, "generate")
     backend = install(monkeypatch, reply)
@@ -179,21 +177,71 @@ def test_every_filter_and_dedup_in_the_stage(run_dir, monkeypatch):
     assert stats["near_duplicate_rate"] == round(1 / 8, 4)
 
 
-def test_require_words_false_keeps_and_records_compliance(run_dir, monkeypatch):
+def test_require_words_true_rejects_and_false_keeps_and_records_compliance(run_dir, monkeypatch):
     def reply(request):
         verb, noun, adj = PROMPT_WORDS.search(prompt_of(request)).groups()
         return good_story(request, drop=noun)
 
     install(monkeypatch, reply)
     # required: every story is rejected, and the stage stops at max_requests (default 2 x num_stories)
-    assert generate(run_dir, "generate.num_stories=5") == 0
+    assert generate(run_dir, "generate.num_stories=5", "generate.require_words=true") == 0
     assert [r["reason"] for r in read_jsonl(run_dir / "data/rejected.jsonl")] == ["missing_words"] * 10
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["generate"]["metrics"]["kept"] == 0
+    # require_words false (the default; the run dir keeps the true set above) starts over and keeps them all
     assert generate(run_dir, "generate.num_stories=5", "generate.require_words=false") == 0
     kept = list(read_jsonl(run_dir / "data/stories.jsonl"))
     assert len(kept) == 5
     assert all(s["words_used"] == {"noun": False, "verb": True, "adjective": True} and not s["words_complete"] for s in kept)
     assert json.loads((run_dir / "data/stats.json").read_text())["requested_words_used"] == round(2 / 3, 4)
+
+
+DROPPED = ("noun", "adjective", "")  # story i misses its DROPPED[i % 3] word ("": none)
+
+
+def id_index(record: dict) -> int:
+    return int(record["id"][1:])
+
+
+def test_stories_missing_a_word_are_kept_and_instruct_data_lists_only_their_words(run_dir, monkeypatch):
+    def reply(request):
+        verb, noun, adj = PROMPT_WORDS.search(prompt_of(request)).groups()
+        return good_story(request, drop={"noun": noun, "adjective": adj, "": ""}[DROPPED[index(request) % 3]])
+
+    install(monkeypatch, reply)
+    assert generate(run_dir, "generate.num_stories=6") == 0
+    kept = list(read_jsonl(run_dir / "data/stories.jsonl"))
+    assert [id_index(s) for s in kept] == list(range(6)), "by default no story is rejected for a missing word"
+    assert (run_dir / "data/rejected.jsonl").read_text() == "", "nothing rejected"
+    for s in kept:
+        dropped = DROPPED[id_index(s) % 3]
+        assert s["words_used"] == {pos: pos != dropped for pos in ("noun", "verb", "adjective")}, f"{s['id']}: words_used"
+        assert s["words_complete"] is (dropped == ""), f"{s['id']}: words_complete"
+    stats = json.loads((run_dir / "data/stats.json").read_text())
+    assert stats["requested_words_stories"] == 6, "every kept story had three prompt words"
+    assert stats["all_requested_words_share"] == round(2 / 6, 4), "stories 2 and 5 use all three"
+    assert stats["requested_words_used_mean"] == round((2 * 4 + 3 * 2) / 6, 2), "two words in four stories, three in two"
+    assert stats["requested_words_used"] == round(14 / 18, 4), "14 of the 18 requested words are used"
+    metrics = json.loads((run_dir / "manifest.json").read_text())["stages"]["generate"]["metrics"]
+    assert metrics["all_words_share"] == round(2 / 6, 4), "the stage metrics carry the share too"
+
+    # instruct data: a Words part names only the words the story contains
+    assert main(["instruct-data", "--run-dir", str(run_dir), "--set", "instruct_data.kinds=[words]"]) == 0
+    rows = {r["id"]: r for r in read_jsonl(run_dir / "data/instruction_dataset.jsonl")}
+    assert sorted(rows) == [s["id"] for s in kept], "every story still gets a Words part"
+    for s in kept:
+        listed = [s["words"][pos] for pos in ("verb", "noun", "adjective") if s["words_used"][pos]]
+        assert rows[s["id"]]["instruction"] == "Words: " + ", ".join(listed), f"{s['id']}: Words lists only contained words"
+    istats = json.loads((run_dir / "data/instruct_stats.json").read_text())
+    assert istats["stories_words_left_out"] == 4, "four stories lack a word"
+
+    # require_words true: the config changed, the stage starts over and rejects them as before
+    assert generate(run_dir, "generate.num_stories=6", "generate.max_requests=18", "generate.require_words=true") == 0
+    rejected = list(read_jsonl(run_dir / "data/rejected.jsonl"))
+    assert [id_index(r) for r in rejected] == [i for i in range(18) if i % 3 != 2], "stories missing a word are rejected"
+    assert {r["reason"] for r in rejected} == {"missing_words"}, "for missing words"
+    assert [id_index(s) for s in read_jsonl(run_dir / "data/stories.jsonl")] == [2, 5, 8, 11, 14, 17], "only complete stories kept"
+    stats = json.loads((run_dir / "data/stats.json").read_text())
+    assert stats["all_requested_words_share"] == 1.0, "every kept story uses all three words"
 
 
 def test_kill_and_rerun_resumes_without_resending_or_duplicating(run_dir, monkeypatch):
@@ -222,14 +270,14 @@ def test_kill_and_rerun_resumes_without_resending_or_duplicating(run_dir, monkey
     assert sorted(ids) == [G.story_id(i) for i in range(10)]
     assert (run_dir / "data/tinystories_dataset.txt").read_text().count("<|endoftext|>") == 10
     # the story a resumed run writes is the one an uninterrupted run writes
-    from tinystories.pipeline.config import derive_seed
+    from tinystories.pipeline.ids import derive_seed
 
     vocab = json.loads((run_dir / "data/vocabulary.json").read_text())
     for i in (2, 6):  # one from before the kill, one from after
         rec = next(s for s in read_jsonl(stories_path) if s["id"] == G.story_id(i))
         params = G.story_params(derive_seed(1337, "generate"), i, vocab, G.Config())
         assert (rec["words"], rec["features"], rec["seed"]) == (params["words"], params["features"], params["seed"])
-        assert rec["prompt"] == G.render_prompt(params["words"], params["features"])
+        assert rec["prompt"] == P.story_prompt(params["words"], params["features"])
     # a third run is current: nothing is sent
     backend = install(monkeypatch, good_story)
     assert generate(run_dir, "generate.num_stories=10") == 0 and backend.calls == []
@@ -297,9 +345,8 @@ KILLED_RUN = """
 import sys
 sys.path.insert(0, {tests!r})
 import test_generate as T
-from fake_llm import ScriptedBackend
-from tinystories.llm import client
-client.make_backend = lambda cfg: ScriptedBackend(T.good_story, delay_s=0.05)
+from fake_llm import ScriptedBackend, register_scripted
+register_scripted(ScriptedBackend(T.good_story, delay_s=0.05))
 from tinystories.cli import main
 main(["generate", "--run-dir", {run!r}, "--set", "generate.num_stories=40", "--set", "llm.concurrency=4"])
 """

@@ -175,3 +175,26 @@ def test_editing_the_source_file_reruns_the_import(run_dir, tmp_path, capsys):
     assert imp(run_dir, f"import_.path={path}") == 0
     assert "import: done" in capsys.readouterr().out
     assert len(list(read_jsonl(run_dir / "data" / "stories.jsonl"))) == 6
+
+
+@pytest.mark.parametrize(
+    "make_source,sets",
+    [
+        (lambda tmp: tmp / "nope.txt", ()),  # no such file
+        (lambda tmp: _write(tmp / "stories.txt", story(0)), ("import_.format=jsonl",)),  # not JSON lines
+        (lambda tmp: _write(tmp / "stories.jsonl", '{"title": "no story field"}\n'), ()),  # no text field
+        (lambda tmp: _write(tmp / "stories.jsonl", json.dumps({"story": story(0)}) + "\n{not json\n"), ()),  # a bad second line
+        (lambda tmp: _write(tmp / "empty.txt", "  \n"), ()),  # no stories at all
+    ],
+)
+def test_a_failed_import_leaves_no_files_behind(run_dir, tmp_path, make_source, sets):
+    source = make_source(tmp_path)
+    assert imp(run_dir, f"import_.path={source}", *sets) == 2
+    left = sorted(p.name for p in (run_dir / "data").iterdir())
+    for name in ("stories.jsonl", "rejected.jsonl", ".import_state.json", "tinystories_dataset.txt", "stats.json"):
+        assert name not in left, f"{name} left behind in data/: {left}"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -3,11 +3,12 @@ import json
 import pytest
 from fake_llm import ScriptedBackend
 
-from tinystories.data import instruct_data
+from tinystories.data import instruct_data, instruct_parts, instruct_published
 from tinystories.cli import main
 from tinystories.errors import UserError
-from tinystories.llm import Reject
+from tinystories.llm import Reject, register_backend
 from tinystories.io.rundir import read_jsonl
+from tinystories.text.prompts import summary_template
 
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max"]
 FEATURES = [["Dialogue"], ["BadEnding", "Dialogue"], [], ["Twist"], ["MoralValue"], ["Foreshadowing"]]
@@ -34,7 +35,7 @@ def summary_reply(request):
 @pytest.fixture
 def backend(monkeypatch):
     holder = {"backend": ScriptedBackend(summary_reply, max_concurrency=1)}
-    monkeypatch.setattr("tinystories.llm.client.make_backend", lambda cfg: holder["backend"])
+    register_backend("embedded", lambda cfg: holder["backend"])  # read at each stage run: a test swaps the backend in the holder
     return holder
 
 
@@ -42,8 +43,8 @@ ALL_SUMMARY = "instruct_data.probabilities={words: 0.5, sentence: 0.5, features:
 
 
 def test_summary_validator():
-    assert instruct_data.clean_summary("  Tom loses his kite.\nHis dad finds it. ", 60) == "Tom loses his kite. His dad finds it."
-    assert instruct_data.clean_summary('Summary: "Tom loses his kite."', 60) == "Tom loses his kite."
+    assert instruct_parts.clean_summary("  Tom loses his kite.\nHis dad finds it. ", 60) == "Tom loses his kite. His dad finds it."
+    assert instruct_parts.clean_summary('Summary: "Tom loses his kite."', 60) == "Tom loses his kite."
     for bad, reason in [
         ("", "empty"),
         ("   \n ", "empty"),
@@ -56,14 +57,14 @@ def test_summary_validator():
         ("Tom runs. Tom hops. Tom sits. Tom naps.", "4 sentences"),
     ]:
         with pytest.raises(Reject, match=reason):
-            instruct_data.clean_summary(bad, 60)
+            instruct_parts.clean_summary(bad, 60)
     with pytest.raises(Reject, match="truncated"):
-        instruct_data.clean_summary("Tom loses his", 60, finish_reason="length")
+        instruct_parts.clean_summary("Tom loses his", 60, finish_reason="length")
 
 
 def test_story_sentences_are_real_sentences():
     story = 'Once upon a time, there was a girl named Lily. "Hi!" said Tom to the big dog. She said, "I like it. Do you?" Mr. Bob was very sad today. Go!'
-    got = instruct_data.story_sentences(story, 5, 30)
+    got = instruct_parts.story_sentences(story, 5, 30)
     assert got == ["Once upon a time, there was a girl named Lily.", '"Hi!" said Tom to the big dog.', "Mr. Bob was very sad today."]
     assert all(s in story for s in got)
 
@@ -75,7 +76,7 @@ def test_draw_sets_random_subsets_in_random_order():
     rng = random.Random(0)
     orders = set()
     for _ in range(200):
-        sets = instruct_data.draw_sets(rng, list(instruct_data.KINDS), ic)
+        sets = instruct_parts.draw_sets(rng, list(instruct_parts.KINDS), ic)
         assert len(sets) == 3
         assert len({tuple(sorted(s)) for s in sets}) == 3  # distinct combinations per story
         for s in sets:
@@ -99,7 +100,7 @@ def test_builds_instruction_dataset(tmp_path, backend):
         assert "summary" in row["parts"]
         for kind, line in zip(row["parts"], lines):
             label, value = line.split(": ", 1)
-            assert label == instruct_data.LABELS[kind]
+            assert label == instruct_parts.LABELS[kind]
             if kind == "words":
                 assert value == "jump, ball, shiny"
             elif kind == "features":
@@ -118,7 +119,31 @@ def test_builds_instruction_dataset(tmp_path, backend):
     assert (run / "data" / "instruct_failed.jsonl").read_text() == ""
     assert not (run / "data" / "instruction_dataset.jsonl.partial").exists()
     # Template version goes into every request (it is part of the cache key).
-    assert {c.template_version for c in backend["backend"].calls} == {instruct_data.load_summary_template()[1]}
+    assert {c.template_version for c in backend["backend"].calls} == {summary_template()[1]}
+
+
+def test_words_part_lists_only_the_words_the_story_contains(tmp_path, backend):
+    run = tmp_path / "run"
+    write_stories(run, n=4)  # every story: jump, ball, shiny, red; no kite, dragon, fly, purple or moon
+    path = run / "data" / "stories.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[0]["words_used"] = {"noun": True, "verb": False, "adjective": True}  # recorded by generate: trusted as it is
+    recs[1]["words"] = {"noun": "kite", "verb": "jump", "adjective": "shiny"}  # no words_used: computed from the text
+    recs[2]["words"] = {"noun": "dragon", "verb": "fly", "adjective": "purple"}  # none of its words
+    recs[3]["words"] = ["ball", "moon"]  # the published layout: words without parts of speech
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    probs = "instruct_data.probabilities={words: 1.0, sentence: 1.0}"
+    assert main(["instruct-data", "--run-dir", str(run), "--set", "instruct_data.kinds=[words, sentence]", "--set", probs]) == 0
+    rows = {r["id"]: r for r in read_jsonl(run / "data" / "instruction_dataset.jsonl")}
+    words = {sid: dict(line.split(": ", 1) for line in r["instruction"].splitlines()).get("Words") for sid, r in rows.items()}
+    assert words["s0"] == "ball, shiny", "the recorded words_used says the verb is missing"
+    assert words["s1"] == "jump, shiny", "the story has no kite"
+    assert words["s2"] is None, "a story with none of its words gets no Words part"
+    assert rows["s2"]["parts"] == ["sentence"], "... but still its Sentence part"
+    assert words["s3"] == "ball", "a word list keeps the words the story has"
+    stats = json.loads((run / "data" / "instruct_stats.json").read_text())
+    assert stats["stories_words_left_out"] == 4, "each story lacks at least one of its words"
+    assert backend["backend"].calls == [], "no summary was asked for"
 
 
 def test_same_seed_same_dataset_other_seed_differs(tmp_path, backend):
@@ -203,7 +228,7 @@ def test_resume_cuts_a_story_written_half(tmp_path, backend):
     # Simulate a kill after the first set of story s2 was written.
     lines = full.splitlines(keepends=True)
     from tinystories.data.instruct_data import _fingerprint  # the resume marker the stage wrote at start
-    from tinystories.pipeline.config import load_config
+    from tinystories.pipeline.registry import load_run_config as load_config
     from tinystories.io.rundir import RunDir, write_json
 
     cfg = load_config(run / "config.yaml")
@@ -239,14 +264,14 @@ The big cat ran.
 def test_reads_published_tinystories_instruct(tmp_path):
     src = tmp_path / "TinyStoriesInstruct-valid.txt"
     src.write_text(PUBLISHED, encoding="utf-8")
-    recs = list(instruct_data.read_tinystories_instruct(src))
+    recs = list(instruct_published.read_tinystories_instruct(src))
     assert [r["parts"] for r in recs] == [["features", "words", "summary"], ["sentence", "summary"], [], ["words"]]
     assert recs[0]["instruction"] == "Features: Dialogue\nWords: quit, oak, gloomy\nSummary: Sara and Ben play in the park until it gets dark."
     assert recs[0]["story"] == 'Sara and Ben were playing in the park. "Let\'s go home," said Sara.\nBen said no, but then he agreed.'
     assert recs[1]["instruction"] == "Sentence: They are very happy.\nSummary: A dog finds a bone."
     assert recs[2] == {"instruction": "", "story": "Tim had a red hat.", "id": 2, "set": 0, "parts": []}
     assert recs[3]["story"] == "The big cat ran."
-    assert len(list(instruct_data.read_tinystories_instruct(src, limit=2))) == 2
+    assert len(list(instruct_published.read_tinystories_instruct(src, limit=2))) == 2
 
     run = tmp_path / "run"
     assert main(["instruct-data", "--run-dir", str(run), "--set", f"instruct_data.source_path={src}"]) == 0
@@ -269,7 +294,7 @@ def test_published_reader_rejects_bad_files(tmp_path, text, match):
     src = tmp_path / "bad.txt"
     src.write_text(text, encoding="utf-8")
     with pytest.raises(UserError, match=match):
-        list(instruct_data.read_tinystories_instruct(src))
+        list(instruct_published.read_tinystories_instruct(src))
 
 
 def test_missing_stories_names_the_stage_to_run(tmp_path, capsys):

@@ -1,26 +1,18 @@
-"""The judge stage: strict parser, failures recorded, damage, reliability, perplexity, contamination."""
+"""The judge stage with scripted judges: failures recorded, reliability, resume, perplexity, contamination."""
 
 from __future__ import annotations
 
 import json
-import random
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from fake_llm import ScriptedBackend
-from tinystories.eval import judge
+from fake_llm import ScriptedBackend, register_scripted
+from tinystories.eval import metrics
 from tinystories.cli import main
-from tinystories.llm import Reject
-from tinystories.llm import client as client_mod
 from tinystories.io.rundir import read_jsonl
-
-GOOD = """Assessment: The student finishes the sentence well and the story stays on the dog.
-Grammar: 8/10
-Creativity: 6/10
-Consistency: 9/10
-Age group: B"""
 
 STORIES = [
     "Max ran to the park with his red ball. He threw it high and his friend caught it. They laughed and played until the sun went down.",
@@ -28,85 +20,6 @@ STORIES = [
     "Tom and Sue built a tall tower of blocks. It fell down with a crash. They did not cry. They built it again, even taller.",
     "The cat wanted the fish on the table. Mom said no. The cat waited and waited. Then Mom gave it a small piece, and the cat purred.",
 ]
-
-
-# -- parser ------------------------------------------------------------------------------------
-
-
-def test_parser_reads_good_replies():
-    g = judge.parse_grades(GOOD, "continue")
-    assert (g["grammar"], g["creativity"], g["consistency"], g["age_group"]) == (8, 6, 9, "B")
-    assert g["assessment"].startswith("The student finishes")
-    md = "**Assessment:** fine.\n\n- **Grammar:** 7 out of 10\n- **Creativity:** 5\n- **Consistency:** 6/10\n- **Plot:** 4/10\n**Age group:** (C)"
-    g = judge.parse_grades(md, "instruct")
-    assert (g["grammar"], g["creativity"], g["consistency"], g["plot"], g["age_group"]) == (7, 5, 6, 4, "C")
-
-
-@pytest.mark.parametrize(
-    "reply, reason",
-    [
-        ("", "empty reply"),
-        ("The story is lovely. I would give it a good grade.", "no grammar grade"),
-        (GOOD.replace("Creativity: 6/10", ""), "no creativity grade"),
-        (GOOD.replace("Grammar: 8/10", "Grammar: 8/5"), "out of 5"),
-        (GOOD.replace("Grammar: 8/10", "Grammar: 0/10"), "outside 1-10"),
-        (GOOD.replace("Grammar: 8/10", "Grammar: 11"), "outside 1-10"),
-        (GOOD + "\nGrammar: 3/10", "conflicting grammar"),
-        (GOOD.replace("Age group: B", "Age group: unknown"), "no age group"),
-        (GOOD.replace("Age group: B", "Age group: G"), "no age group"),
-        (GOOD + "\nAge group: D", "conflicting age groups"),
-    ],
-)
-def test_parser_rejects_bad_replies(reply, reason):
-    with pytest.raises(Reject) as err:
-        judge.parse_grades(reply, "continue")
-    assert reason in str(err.value)
-
-
-def test_instruct_task_needs_plot():
-    with pytest.raises(Reject, match="no plot grade"):
-        judge.parse_grades(GOOD, "instruct")
-
-
-# -- damage ------------------------------------------------------------------------------------
-
-
-def test_damage_functions():
-    text = STORIES[0]
-    rng = random.Random(0)
-    shuffled = judge.shuffle_sentences(text, rng)
-    assert sorted(judge.split_sentences(shuffled)) == sorted(judge.split_sentences(text)) and shuffled.strip() != text
-    salad = judge.word_salad(text, rng)
-    assert sorted(salad.split()) == sorted(text.split()) and salad.strip() != text
-    cut = judge.truncate(text, rng)
-    assert 2 <= len(cut.split()) <= 5 and text.startswith(cut.strip())
-    assert judge.damage("swapped", text, rng, STORIES[1]) == STORIES[1]
-    # not applicable: one sentence cannot be reordered, two words cannot be cut further
-    assert judge.shuffle_sentences(" He ran home.", rng) is None
-    assert judge.truncate(" He ran", rng) is None
-    assert judge.damage("swapped", text, rng, text) is None
-
-
-def test_proportion_ci_is_the_wilson_interval():
-    # textbook values: 0 of 10 -> [0, 0.2775]; 5 of 10 -> [0.2366, 0.7634]
-    assert judge.proportion_ci(0, 10) == {"share": 0.0, "low": 0.0, "high": 0.2775, "hits": 0, "n": 10}
-    assert judge.proportion_ci(5, 10)["low"] == 0.2366 and judge.proportion_ci(5, 10)["high"] == 0.7634
-    assert judge.proportion_ci(0, 0)["share"] is None
-
-
-def test_mean_ci():
-    r = judge.mean_ci([4, 6, 8])
-    assert r["mean"] == 6 and r["n"] == 3 and abs(r["ci95"] - 4.303 * 2 / 3**0.5) < 1e-3
-    assert judge.mean_ci([5])["ci95"] is None and judge.mean_ci([])["mean"] is None
-
-
-def test_contamination_finds_shared_13_grams():
-    prompt = "One day a little girl named Lily went to the park with her mom and saw a big dog"
-    stories = [{"id": "s1", "text": "Hello. " + prompt.upper() + " that barked."}, {"id": "s2", "text": "A cat sat on a mat."}]
-    out = judge.contamination({"p1": prompt, "p2": "A short one, but"}, stories, 13)
-    assert out["flagged"] == ["p1"] and out["prompts"]["p1"]["share"] == 1.0 and out["prompts"]["p1"]["example_story"] == "s1"
-    assert out["prompts"]["p2"] == {"ngrams": 0, "matched": 0, "share": None, "example_story": None}
-    assert judge.contamination({"p1": prompt}, stories[1:], 13)["flagged"] == []
 
 
 # -- the stage with scripted judges ------------------------------------------------------------
@@ -141,8 +54,9 @@ def make_eval_run(root: Path, n_prompts: int = 4, samples: int = 3) -> Path:
 
 
 def parts(request) -> tuple[str, str]:
-    user = request.messages[-1]["content"]
-    m = re.search(r"\n\n(.*?) ?\*\*\*(.*?)\n\nFirst write", user, re.S)
+    # chat: the user message; completion: the one text, after the system line that opens it
+    user = request.messages[-1]["content"] if request.messages is not None else request.prompt.split("\n\n", 1)[1]
+    m = re.search(r"\n\n(.*?) ?\n?\*\*\*(.*?)\n\n(?:First write|Please provide)", user, re.S)
     return m.group(1).strip(), m.group(2)
 
 
@@ -160,9 +74,7 @@ def rule_judge(request) -> str:
 
 
 def install(monkeypatch, fn):
-    backend = ScriptedBackend(fn)
-    monkeypatch.setattr(client_mod, "make_backend", lambda cfg: backend)
-    return backend
+    return register_scripted(ScriptedBackend(fn))
 
 
 def judge_args(run: Path, *extra: str) -> list[str]:
@@ -185,17 +97,39 @@ def test_rule_judge_discriminates_perfectly(tmp_path, monkeypatch):
     base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
     assert base["n_judged"] == 12 and base["n_failed"] == 0 and base["categories"]["grammar"]["mean"] == 9
     inst = scores["models"]["sft/1M"]["tasks"]["instruct"]
-    assert inst["categories"]["plot"]["mean"] == 5 and "plot" not in base["categories"]
-    # the grading prompt has the paper's shape: beginning *** completion, and the instruct prompt asks for plot
+    assert inst["categories"]["plot"]["mean"] == 5
+    assert base["categories"]["plot"]["mean"] == 5, "plot is graded for story beginnings too, as in the paper's Figure 4"
+    # the grading prompt has the paper's shape: beginning *** completion, and both prompts ask for plot
     prompts = [r.messages[-1]["content"] for r in backend.calls]
     assert any("***" in p and "Prompt number 0" in p for p in prompts)
     assert any("Plot: <1-10>/10" in p and "Words: dog, ball" in p for p in prompts)
+    assert any("Plot: <1-10>/10" in p and "Prompt number 0" in p for p in prompts)
     # contamination: prompt b2 appears in story s0
     assert scores["contamination"]["flagged"] == ["b2"]
     assert scores["contamination"]["prompts"]["b2"]["example_story"] == "s0"
     recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
     assert {r["role"] for r in recs} == {"main", "repeat", "damaged"}
     assert all(r["ok"] for r in recs)
+
+
+def test_continuation_prompt_follows_the_papers_figure_3():
+    from tinystories.text.prompts import judge_prompt
+
+    text = judge_prompt("continue", "Once upon a time, Tom saw a", " big dog. They played.")
+    figure_3 = [
+        "the student is given a beginning of a story. The student needs to complete it into a full story",  # the exercise
+        "The symbol *** marks the separator between the prescribed beginning and the student's completion",
+        "Once upon a time, Tom saw a *** big dog. They played.",  # beginning *** completion
+        "general assessment about the part written by the student (the one after the *** symbol)",
+        "Is it grammatically correct? Is it consistent with the beginning of the story?",
+        "complete the sentence which is split in the middle by the separator ***",
+        "grade the student's completion in terms of grammar, creativity, consistency with the story's beginning and whether the plot makes sense",
+        "A: 3 or under. B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16.",
+    ]
+    at = [text.find(point) for point in figure_3]
+    assert all(i >= 0 for i in at), [p for p, i in zip(figure_3, at) if i < 0]
+    assert at == sorted(at), "the points come in the figure's order"
+    assert "Plot: <1-10>/10" in text, "the format asks for a plot grade"
 
 
 def test_constant_judge_is_flagged_unreliable(tmp_path, monkeypatch):
@@ -251,6 +185,59 @@ def test_judge_resumes_and_skips_done_requests(tmp_path, monkeypatch):
     assert len(backend.calls) == len(recs) - len(partial)  # done requests are not asked again (cache aside)
 
 
+def _down_for_prompt_1(request) -> str:
+    """The judge server refuses every request about prompt b1 (503), and answers the rest."""
+    from tinystories.llm import TransientError
+
+    beginning, _ = parts(request)
+    if "Prompt number 1" in beginning:
+        raise TransientError("503 service unavailable")
+    return rule_judge(request)
+
+
+def test_transport_failures_are_not_final_and_a_rerun_sends_exactly_them(tmp_path, monkeypatch, capsys):
+    from tinystories.io.rundir import RunDir
+
+    run = make_eval_run(tmp_path)
+    down = install(monkeypatch, _down_for_prompt_1)
+    assert main(judge_args(run, "--set", "llm.max_retries=0")) == 2, "transport failures must fail the stage (UserError exit 2)"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, f"one-line error expected, got {err}"
+    assert "failed in transport" in err[0] and "rerun" in err[0], err[0]
+    assert RunDir(run).stage_record("judge")["status"] != "done", "a stage with transport failures must not be marked done"
+    failed = {c.key for c in down.calls if "Prompt number 1" in parts(c)[0]}
+    assert failed, "the scripted outage must hit some requests"
+    first = list(read_jsonl(run / "eval" / "judgments.jsonl"))
+    assert first, "the requests that got through are recorded"
+    assert all(r["ok"] for r in first), "no transport failure may be recorded as a judgment"
+    assert not failed & {r["key"] for r in first}, "nothing is recorded for a request lost in transport"
+
+    back = install(monkeypatch, rule_judge)
+    assert main(judge_args(run, "--set", "llm.max_retries=0")) == 0
+    assert sorted(c.key for c in back.calls) == sorted(failed), "the rerun sends exactly the failed requests, once each"
+    recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
+    assert len(recs) == len(first) + len(failed), "every planned request is recorded once after the rerun"
+    assert all(r["ok"] for r in recs), "after recovery every judgment is a verdict"
+    assert RunDir(run).stage_record("judge")["status"] == "done"
+
+
+def test_transport_failures_recorded_as_final_by_an_older_judge_are_asked_again(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run)) == 0
+    path = run / "eval" / "judgments.jsonl"
+    recs = list(read_jsonl(path))
+    lost = recs[3]["key"]
+    recs[3].update(ok=False, grades=None, age_group=None, error="transport: gave up after 6 retries: 503")
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    shutil.rmtree(run / "cache" / "llm")  # a request lost in transport never had an answer to cache
+    again = install(monkeypatch, rule_judge)
+    assert main(judge_args(run, "--force")) == 0
+    assert [c.key for c in again.calls] == [lost], "only the request an older run lost in transport is sent again"
+    fixed = {r["key"]: r for r in read_jsonl(path)}
+    assert fixed[lost]["ok"] and len(fixed) == len(recs)
+
+
 def test_perplexity_with_a_hf_reference(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from test_complete import make_model_dir
@@ -265,7 +252,7 @@ def test_perplexity_with_a_hf_reference(tmp_path, monkeypatch):
     assert ppl["discrimination"]["word_salad"]["n_pairs"] > 0
     assert 0 <= ppl["discrimination"]["word_salad"]["share_original_lower"] <= 1
     # the scorer gives log p of exactly the continuation's tokens, conditioned on eos + prefix
-    score, _ = judge.hf_scorer(tmp_path / "ref")
+    score, _ = metrics.hf_scorer(tmp_path / "ref")
     prefix, cont = "Max ran", " to the park."
     ids = [tok.eos_token_id] + tok("Max ran", add_special_tokens=False).input_ids
     target = tok(cont, add_special_tokens=False).input_ids
@@ -285,33 +272,7 @@ def test_reference_without_token_scores_is_reported_not_faked(tmp_path, monkeypa
     assert ppl["reference"] == "embedded" and "cannot score tokens" in ppl["unavailable"] and ppl["models"] == {}
 
 
-# -- word compliance (judge-free instruction following) -----------------------------------------
-
-
-def _instr(model, kind, pid, k, words, text, task="instruct"):
-    return {"model": model, "kind": kind, "task": task, "prompt_id": pid, "sample_id": k, "prompt": "Words: " + ", ".join(words), "words": words, "text": text}
-
-
-def test_word_compliance_counts_inflections_and_missing_words():
-    recs = [
-        _instr("sft/1M", "instruct", "i0", 0, ["jump", "mouse"], " The Mice jumped over the log."),  # both, inflected
-        _instr("sft/1M", "instruct", "i0", 1, ["jump", "mouse"], " The dog jumps high."),  # mouse missing
-        _instr("sft/1M", "instruct", "i1", 0, [], " A bird learns to fly."),  # no words requested: not counted
-        _instr("sft/1M", "instruct", "b0", 0, ["mouse"], " no mouse here", task="continue"),  # not an instruction
-        _instr("pretrain/1M", "base", "i0", 0, ["happy", "tree"], " She was happier than the trees."),
-        _instr("pretrain/1M", "base", "i0", 1, ["happy", "tree"], " He ran home."),
-        _instr("pretrain/1M", "base", "i1", 0, ["cake", "share", "brave"], " They shared the cake."),  # 2 of 3
-    ]
-    wc = judge.word_compliance(recs)["models"]
-    sft, base = wc["sft/1M"], wc["pretrain/1M"]
-    assert sft["kind"] == "instruct" and sft["instruction_completions"] == 3 and sft["n"] == 2
-    assert sft["all_words"]["share"] == 0.5 and sft["all_words"]["hits"] == 1 and sft["words_present"]["mean"] == 0.75
-    assert base["kind"] == "base" and base["n"] == 3
-    assert base["all_words"]["share"] == round(1 / 3, 4) and base["all_words"]["hits"] == 1
-    assert base["words_present"]["mean"] == round((1 + 0 + 2 / 3) / 3, 4)
-    assert base["words_present"]["ci95"] is not None and base["all_words"]["n"] == 3
-    # a word inside another word does not count
-    assert judge.word_compliance([_instr("m", "instruct", "i", 0, ["cat"], " The category was caterpillars.")])["models"]["m"]["all_words"]["share"] == 0.0
+# -- base-model instructions: word compliance only ------------------------------------------
 
 
 def _with_base_instructions(run: Path) -> None:
@@ -340,3 +301,120 @@ def test_base_instruction_completions_are_scored_for_words_but_never_judged(tmp_
     # STORIES[0] has "ball" but not "dog"; " The ball was red." neither all
     assert wc["pretrain/1M"]["n"] == 3 and wc["pretrain/1M"]["all_words"]["share"] == 0.0 and wc["pretrain/1M"]["words_present"]["mean"] == 0.5
     assert wc["sft/1M"]["n"] == 1 and wc["sft/1M"]["kind"] == "instruct"
+
+
+# -- expected scoring: grades read from the judge's token distribution ------------------------
+
+INTACT_GRAMMAR = {"9": 0.7, " 8": 0.2, "The": 0.1}  # expected grade (9*.7 + 8*.2) / .9
+DAMAGED_GRAMMAR = {"2": 0.9, "3": 0.1}  # 2.1
+PLOT_FIRST, PLOT_AFTER_ONE = {"1": 0.5, "9": 0.5}, {"0": 0.8, "/": 0.2}  # "10" written as "1" "0": P(10)=.4, P(1)=.1, P(9)=.5
+AGE = {" C": 0.6, "B": 0.3, "x": 0.1}
+
+
+def position(probs: dict[str, float]):
+    """A one-token reply with its top-k log-probabilities, as a backend returns it."""
+    import math
+
+    from tinystories.llm import RawResult
+
+    token = max(probs, key=probs.get)
+    return RawResult(text=token, finish_reason="length", prompt_tokens=9, completion_tokens=1, model="scripted-model", logprobs=[{t: math.log(p) for t, p in probs.items()}])
+
+
+def forced_judge(request, grammar_if_intact=INTACT_GRAMMAR):
+    """A completion-mode judge with known distributions at every forced grade line."""
+    if not request.top_logprobs:
+        return " The student finishes the sentence and keeps to the story."
+    if "Prompt number" not in request.prompt and "Words:" not in request.prompt:
+        return position({"7": 1.0})  # the stage's probe: does the judge return log-probabilities?
+    beginning, completion = parts(request)
+    intact = completion.strip() in ORIGINALS
+    line = request.prompt.rsplit("\n", 1)[1]
+    if line == "Grammar: ":
+        return position(grammar_if_intact if intact else DAMAGED_GRAMMAR)
+    if line == "Creativity: ":
+        return position({"7": 1.0} if intact else {"3": 1.0})
+    if line == "Consistency: ":
+        m = re.search(r"Prompt number (\d)", beginning)
+        own = m is None or f"That was tale {m.group(1)}." in completion
+        return position({"8": 1.0} if (intact and own) else {"2": 1.0})
+    if line == "Plot: ":
+        return position(PLOT_FIRST)
+    if line == "Plot: 1":
+        return position(PLOT_AFTER_ONE)
+    assert line == "Age group: ", f"unexpected forced line {line!r}"
+    return position(AGE)
+
+
+def completion_judge_args(run: Path, *extra: str) -> list[str]:
+    return judge_args(run, "--set", "judge.llm.mode=completion", *extra)
+
+
+def test_expected_scoring_is_the_default_for_a_judge_with_token_probabilities(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    backend = install(monkeypatch, forced_judge)
+    assert main(completion_judge_args(run)) == 0
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["judge"]["scoring"] == "expected", "auto picks expected scoring when the judge returns log-probabilities"
+    base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
+    assert base["n_judged"] == 12 and base["n_failed"] == 0
+    assert base["categories"]["grammar"]["mean"] == pytest.approx((9 * 0.7 + 8 * 0.2) / 0.9, abs=1e-4), "the expected grade over the mass on grades"
+    assert base["categories"]["plot"]["mean"] == pytest.approx(10 * 0.4 + 1 * 0.1 + 9 * 0.5, abs=1e-4), "a 10 written as 1 then 0 counts as 10"
+    assert base["age_groups"] == {"C": 12}
+    rel = scores["reliability"]
+    assert rel["discrimination"]["word_salad"]["share_original_better"]["grammar"] == 1.0 and rel["unreliable"] is False
+    recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
+    main_rec = next(r for r in recs if r["role"] == "main" and r["task"] == "continue")
+    assert main_rec["distributions"]["grammar"]["9"] == pytest.approx(0.7) and main_rec["distributions"]["grammar"]["8"] == pytest.approx(0.2)
+    assert main_rec["distributions"]["plot"]["10"] == pytest.approx(0.4) and main_rec["distributions"]["plot"]["1"] == pytest.approx(0.1)
+    assert main_rec["distributions"]["age_group"]["C"] == pytest.approx(0.6) and main_rec["age_group"] == "C"
+    assert main_rec["assessment"].startswith("The student finishes")
+    # one assessment, four grades, one look after the "1" of plot, one age group per judgment; one probe
+    assert len(backend.calls) == 7 * len(recs) + 1
+    # the likeliest grade is written into the forced reply before the next line is read
+    assert any(c.prompt.endswith("Grammar: 9/10\nCreativity: ") for c in backend.calls)
+    positions = [c for c in backend.calls if c.top_logprobs and c.key != "judge|logprobs-probe"]
+    assert all(c.max_tokens == 1 and c.top_logprobs == 20 for c in positions), "each grade position is one token with its top-k"
+
+
+def test_expected_grade_without_mass_on_grades_is_a_failure_not_a_score(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, lambda req: forced_judge(req, grammar_if_intact={"The": 0.8, "7": 0.2}))
+    assert main(completion_judge_args(run, "--set", "judge.scoring=expected")) == 0
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
+    assert base["n_judged"] == 0 and base["n_failed"] == 12, "every intact story's grammar grade lacks the mass"
+    assert base["failure_reasons"] == {"grammar: only 20% of the judge's probability on grades 1-10 (needs 50%)": 12}
+    failed = [r for r in read_jsonl(run / "eval" / "judgments.jsonl") if r["role"] == "main" and not r["ok"]]
+    assert failed and all(r["grades"] is None for r in failed), "a failure has no grades"
+
+
+@pytest.mark.parametrize("mode, option", [("completion", "judge.scoring: sampled"), ("chat", "judge.llm.mode: completion")])
+def test_expected_scoring_without_log_probabilities_is_a_one_line_error(tmp_path, monkeypatch, capsys, mode, option):
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, rule_judge if mode == "chat" else lambda req: reply(7, 7, 7))  # plain text, no log-probabilities
+    assert main(judge_args(run, "--set", f"judge.llm.mode={mode}", "--set", "judge.scoring=expected")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, f"one-line error expected, got {err}"
+    assert option in err[0] and "judge.scoring: sampled" in err[0], err[0]
+
+
+def test_auto_scoring_samples_when_the_judge_returns_no_log_probabilities(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, lambda req: reply(7, 7, 7)[len("Assessment:"):])  # a completion continues "Assessment:"
+    assert main(completion_judge_args(run)) == 0
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["judge"]["scoring"] == "sampled"
+    assert scores["models"]["pretrain/1M"]["tasks"]["continue"]["categories"]["grammar"]["mean"] == 7
+
+
+def test_expected_scoring_against_a_server_that_ignores_logprobs_names_the_option(tmp_path, monkeypatch, capsys):
+    from stub_openai import StubServer
+
+    run = make_eval_run(tmp_path)
+    with StubServer() as stub:
+        stub.logprobs = False
+        args = ["--set", "judge.llm.backend=openai", "--set", f"judge.llm.base_urls=[{stub.url}]", "--set", "judge.llm.model=stub-model", "--set", "llm.max_retries=0"]
+        assert main(completion_judge_args(run, *args, "--set", "judge.scoring=expected")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "judge.scoring: sampled" in err[0], err

@@ -197,3 +197,104 @@ def test_every_request_answered_exactly_once_with_mixed_outcomes():
     failed = {int(r.key) for r in results if not r.ok}
     assert failed == {i for i in range(50) if i % 7 == 0 or i % 5 == 0}
     assert client.stats.requests == 50 and client.stats.succeeded + client.stats.failed == 50
+
+
+# -- token log-probabilities -----------------------------------------------------------------
+def test_logprob_requests_have_their_own_cache_key_and_carry_the_logprobs(tmp_path):
+    identity = {"model": "m", "mode": "chat"}
+    plain, with_top = req("a", "hello"), req("a", "hello", top_logprobs=3)
+    assert cache_key(identity, "chat", plain) != cache_key(identity, "chat", with_top), "asking for logprobs is another request"
+    assert cache_key(identity, "chat", with_top) != cache_key(identity, "chat", req("a", "hello", top_logprobs=2)), "so is another k"
+
+    def reply(r):
+        logprobs = [{" hi": -0.5, " yo": -1.5}] if r.top_logprobs else None
+        return RawResult(text=" hi", finish_reason="stop", completion_tokens=1, logprobs=logprobs)
+
+    backend = ScriptedBackend(reply)
+    client = make_client(cfg(), tmp_path / "cache", backend=backend)
+    [answer] = client.complete([with_top])
+    client.close()
+    assert answer.logprobs == [{" hi": -0.5, " yo": -1.5}], "the response carries the backend's logprobs"
+    again = make_client(cfg(), tmp_path / "cache", backend=backend)
+    [cached] = again.complete([with_top])
+    again.close()
+    assert cached.cached and cached.logprobs == answer.logprobs, "the cache keeps the logprobs"
+    with pytest.raises(ValueError, match="top_logprobs"):
+        req("a", top_logprobs=-1)
+
+
+def test_a_cached_answer_without_logprobs_is_not_served_to_a_request_for_them(tmp_path):
+    from tinystories.llm.cache import ResponseCache
+
+    backend = ScriptedBackend(lambda r: RawResult(text="fresh", finish_reason="stop", logprobs=[{"fresh": -0.1}]))
+    client = make_client(cfg(), tmp_path / "cache", backend=backend)
+    request = req("a", top_logprobs=1)
+    cache = ResponseCache(tmp_path / "cache")  # an answer stored without them, as a Batch API result would be
+    cache.put(cache_key(backend.identity(), "chat", request), RawResult(text="batch", finish_reason="stop"))
+    cache.close()
+    [answer] = client.complete([request])
+    client.close()
+    assert not answer.cached and answer.logprobs == [{"fresh": -0.1}] and len(backend.calls) == 1
+
+
+# -- the backend registry --------------------------------------------------------------------
+def test_the_config_name_selects_a_registered_backend():
+    from fake_llm import register_scripted
+
+    from tinystories.llm import make_backend, register_backend
+    from tinystories.llm.registry import backend_names
+
+    assert {"embedded", "openai"} <= set(backend_names()), "both real backends are registered"
+    scripted = ScriptedBackend(lambda r: "from the registry")
+    register_backend("my-test-llm", lambda c: scripted)
+    assert LLMConfig(backend="my-test-llm").check() == [], "a registered name is a valid llm.backend"
+    assert make_backend(LLMConfig(backend="my-test-llm")) is scripted
+    client = make_client(LLMConfig(backend="my-test-llm"))
+    assert client.complete([req("a")])[0].text == "from the registry"
+    assert register_scripted(scripted) is scripted and make_backend(LLMConfig()) is scripted, "a test's backend can stand in for the default"
+
+
+def test_an_unknown_backend_is_a_one_line_error_listing_the_registered_ones():
+    from tinystories.llm import make_backend
+
+    [problem] = LLMConfig(backend="nope").check()
+    assert "nope" in problem and "embedded" in problem and "openai" in problem and "\n" not in problem
+    with pytest.raises(UserError) as info:
+        make_backend(LLMConfig(backend="nope"))
+    message = str(info.value)
+    assert message.startswith("llm.backend: unknown backend 'nope'") and "embedded, openai" in message and "\n" not in message
+
+
+def test_registry_restored_undoes_registrations_and_removals():
+    from tinystories.llm import register_backend
+    from tinystories.llm.registry import backend_names, registry_restored, unregister_backend
+
+    before = backend_names()
+    with registry_restored():  # what tests/conftest.py wraps every test in
+        register_backend("my-test-llm", lambda c: ScriptedBackend(lambda r: "x"))
+        unregister_backend("openai")
+        assert "my-test-llm" in backend_names() and "openai" not in backend_names()
+    assert backend_names() == before, "the registry is as it was"
+
+
+def test_backend_registered_restores_what_the_name_selected():
+    from tinystories.llm import backend_registered, make_backend
+
+    stand_in = ScriptedBackend(lambda r: "x")
+    with backend_registered("openai", lambda c: stand_in):
+        assert make_backend(LLMConfig(backend="openai", base_urls=["http://127.0.0.1:1/v1"])) is stand_in
+    real = make_backend(LLMConfig(backend="openai", base_urls=["http://127.0.0.1:1/v1"], api_key_env="TINYSTORIES_TEST_UNSET_KEY"))
+    assert real.name == "openai", "the real backend is back after the block"
+
+
+def test_the_client_closes_a_backend_it_made_but_not_one_it_was_lent():
+    from tinystories.llm import register_backend
+
+    closed = []
+    backend = ScriptedBackend(lambda r: "ok")
+    backend.close = lambda: closed.append("closed")
+    register_backend("closing", lambda c: backend)
+    make_client(LLMConfig(backend="closing")).close()
+    assert closed == ["closed"], "a backend the registry built is freed with its client"
+    make_client(LLMConfig(backend="closing"), backend=backend).close()
+    assert closed == ["closed"], "a lent backend stays open for its owner"

@@ -1,12 +1,12 @@
-"""The `openai` backend against a real HTTP server (tests/stub_openai.py) and, when installed, llama.cpp's server."""
+"""The `openai` backend against a real HTTP server (tests/stub_openai.py) and, when installed, llama.cpp's server.
+
+Long jobs (kill and resume, the Batch API) are in tests/test_llm_jobs.py."""
 
 from __future__ import annotations
 
 import email.utils
 import json
 import logging
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +22,7 @@ from tinystories.cli import main
 from tinystories.errors import UserError
 from tinystories.llm import LLMConfig, Request, make_client
 from tinystories.llm.openai_backend import OpenAIBackend, is_local_host, retry_after_seconds
-from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, write_text
+from tinystories.io.rundir import JsonlWriter, RunDir, write_text
 
 NO_KEY_ENV = "TINYSTORIES_TEST_UNSET_KEY"
 
@@ -87,8 +87,44 @@ def test_identity_names_model_and_mode_only(stub, monkeypatch):
     assert "sk-identity-secret" not in repr(backend) and "sk-identity-secret" not in json.dumps(backend.identity())
 
 
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_token_logprobs_are_asked_for_and_read_in_both_shapes(stub, mode):
+    client = make_client(llm_cfg(stub, base_urls=stub.urls[:1], mode=mode))
+    request = chat("a", "tell me a story", top_logprobs=3) if mode == "chat" else Request(key="a", prompt="tell me a story", top_logprobs=3)
+    [response] = client.complete([request])
+    [record] = stub.completions()
+    if mode == "chat":
+        assert (record.body["logprobs"], record.body["top_logprobs"]) == (True, 3), "chat asks with logprobs: true, top_logprobs: k"
+    else:
+        assert record.body["logprobs"] == 3, "completions ask with logprobs: k"
+    words = response.text.split()
+    assert response.ok and len(response.logprobs) == len(words) == response.completion_tokens, "one dict per generated token"
+    for i, position in enumerate(response.logprobs):
+        token = words[i] if i == 0 else " " + words[i]
+        assert max(position, key=position.get) == token, "the generated token is in its dict, the most likely"
+        assert len(position) == 3 and all(lp < 0 for lp in position.values()), "the top 3, as log-probabilities"
+
+
+def test_a_plain_request_asks_for_no_logprobs(stub):
+    [response] = make_client(llm_cfg(stub, base_urls=stub.urls[:1])).complete([chat("a")])
+    assert "logprobs" not in stub.completions()[0].body and response.logprobs is None
+
+
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_a_server_that_ignores_the_logprobs_option_is_a_one_line_error_naming_it(stub, mode):
+    stub.logprobs = False
+    client = make_client(llm_cfg(stub, base_urls=stub.urls[:1], mode=mode))
+    request = chat("a", top_logprobs=2) if mode == "chat" else Request(key="a", prompt="p", top_logprobs=2)
+    with pytest.raises(UserError) as info:
+        client.complete([request])
+    message = str(info.value)
+    assert "returned no token log-probabilities" in message and "\n" not in message
+    assert ("logprobs/top_logprobs" if mode == "chat" else "logprobs option") in message, "the option is named"
+
+
 # -- failures ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["429", "500", "503", "drop", "hang", "garbage", "missing"])
+@pytest.mark.parametrize("kind", ["429", "500", "502", "503", "drop", "hang", "garbage", "missing", "html", "html200", "error200", "truncated",
+                                  "empty_choices", "echo"])  # fmt: skip
 def test_every_request_answered_once_under_each_fault(stub, kind):
     """Each prompt's first call fails in this way; every request still gets exactly one answer."""
     stub.faults.append(Fault(kind, times=1, per_prompt=True, retry_after="0" if kind == "429" else None))
@@ -107,7 +143,9 @@ def test_every_request_answered_once_under_each_fault(stub, kind):
         assert r.text == f"reply to [prompt {r.key}] seed=0 temperature=1.0"
 
 
-@pytest.mark.parametrize("kind,reason", [("garbage", "not JSON"), ("missing", "no choices"), ("500", "500 from")])
+@pytest.mark.parametrize("kind,reason", [("garbage", "not JSON"), ("missing", "no choices"), ("500", "500 from"), ("empty_choices", "no choices"),
+                                         ("html", "502 from http://127.0.0.1"), ("html200", "not JSON"), ("truncated", "not JSON"),
+                                         ("error200", "error reply from http://127.0.0.1"), ("echo", "not JSON")])  # fmt: skip
 def test_persistent_failure_is_recorded_with_a_reason_and_the_job_goes_on(stub, kind, reason):
     stub.faults.append(Fault(kind, match="poison", times=10**6))
     client = make_client(llm_cfg(stub, max_retries=2))
@@ -118,6 +156,15 @@ def test_persistent_failure_is_recorded_with_a_reason_and_the_job_goes_on(stub, 
     assert bad.error.startswith("transport: gave up after 2 retries:") and reason in bad.error
     assert client.stats.failed == 1 and client.stats.failures == {"transport": 1} and client.stats.retries == 2
     assert counts_by_text(stub)["poison pill"] == 3
+    assert "<html" not in bad.error and "\n" not in bad.error, "a server's page is named, not quoted"
+
+
+def test_a_server_error_page_and_an_error_object_are_named_in_one_line(stub):
+    stub.faults += [Fault("html", match="page", times=10**6), Fault("error200", match="object", times=10**6)]
+    out = {r.key: r for r in make_client(llm_cfg(stub, max_retries=0)).complete([chat("a", "page"), chat("b", "object")])}
+    assert "502 from http://127.0.0.1" in out["a"].error, "the status is named"
+    assert out["a"].error.endswith("an HTML page (502 Bad Gateway)"), "the page by its title, not its markup"
+    assert "error reply from" in out["b"].error and "stub says: the model is overloaded" in out["b"].error
 
 
 def test_bad_request_fails_only_that_request(stub):
@@ -272,7 +319,7 @@ def test_api_key_is_sent_but_never_written(stub, tmp_path, monkeypatch, capfd):
     root.setLevel(logging.DEBUG)
     try:
         assert main(["llm", "Say hello.", "--run-dir", str(run)] + overrides) == 0
-        from tinystories.pipeline.config import load_config
+        from tinystories.pipeline.registry import load_run_config as load_config
 
         cfg = load_config(None, [o for o in overrides if o != "--set"])
         rundir = RunDir(run)
@@ -334,139 +381,6 @@ def test_unreachable_endpoint_is_a_one_line_cli_error(tmp_path, capfd):
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("error: llm:") and url in lines[0] and "gave up after 2 retries" in lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
-
-
-# -- kill and resume ---------------------------------------------------------------------------------
-JOB_SCRIPT = r'''
-"""A stage-like LLM job: skips keys already in the output, appends answers as they arrive."""
-import sys
-from pathlib import Path
-
-from tinystories.llm import LLMConfig, Request, make_client
-from tinystories.io.rundir import JsonlWriter, read_jsonl
-
-url, out_path, cache_dir, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-done = {rec["key"] for rec in read_jsonl(out_path)} if out_path.exists() else set()
-cfg = LLMConfig(backend="openai", base_urls=[url], model="stub-model", concurrency=4, api_key_env="TINYSTORIES_TEST_UNSET_KEY")
-client = make_client(cfg, cache_dir)
-todo = (Request(key=f"s{i}", messages=({"role": "user", "content": f"story {i}"},), max_tokens=20) for i in range(n) if f"s{i}" not in done)
-with JsonlWriter(out_path) as out:
-    client.complete(todo, on_result=lambda r: out.write({"key": r.key, "text": r.text, "cached": r.cached, "error": r.error}), collect=False)
-client.close()
-'''
-
-
-def _run_job(script: Path, url: str, out: Path, cache: Path, n: int) -> subprocess.Popen:
-    env = {**os.environ, "TINYSTORIES_NO_PROGRESS": "1"}
-    env.pop(NO_KEY_ENV, None)
-    return subprocess.Popen([sys.executable, str(script), url, str(out), str(cache), str(n)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def test_killed_job_resumes_without_losing_or_repeating_answers(tmp_path):
-    n = 40
-    script = tmp_path / "job.py"
-    script.write_text(JOB_SCRIPT)
-    out, cache = tmp_path / "answers.jsonl", tmp_path / "cache"
-    with StubServer(delay_s=0.2) as stub:  # 40 answers, 4 at a time: a 2 s job to kill halfway
-        proc = _run_job(script, stub.url, out, cache, n)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and sum(1 for _ in read_jsonl(out)) >= n // 2:
-                break
-            time.sleep(0.005)
-        t_kill = time.monotonic()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-        first = list(read_jsonl(out))
-        first_keys = [r["key"] for r in first]
-        assert n // 2 <= len(first_keys) < n and len(set(first_keys)) == len(first_keys)
-        answered_before_kill = {r.text for r in stub.completions() if r.t_done is not None and r.t_done < t_kill - 0.5}
-
-        rerun = _run_job(script, stub.url, out, cache, n)
-        _, err = rerun.communicate(timeout=60)
-        assert rerun.returncode == 0, err.decode()
-        records = list(read_jsonl(out))
-        keys = [r["key"] for r in records]
-        assert len(keys) == n and set(keys) == {f"s{i}" for i in range(n)}  # none lost, none twice
-        assert all(r["error"] is None and r["text"] for r in records)
-        asked = counts_by_text(stub)
-        for key in first_keys:  # skipped on resume: the server never saw them again
-            assert asked[f"story {key[1:]}"] == 1, key
-        for text in answered_before_kill:  # answered before the kill: in the output or the cache, never asked twice
-            assert asked[text] == 1, text
-        assert max(asked.values()) <= 2  # at most the requests in flight at the kill were asked again
-        before = len(stub.completions())
-
-        # The cache holds every answer: a fresh output (a stage redone) costs no request at all.
-        fresh = tmp_path / "fresh.jsonl"
-        third = _run_job(script, stub.url, fresh, cache, n)
-        _, err = third.communicate(timeout=60)
-        assert third.returncode == 0, err.decode()
-        again = list(read_jsonl(fresh))
-        assert len(again) == n and all(r["cached"] for r in again)
-        assert len(stub.completions()) == before
-        assert {r["key"]: r["text"] for r in again} == {r["key"]: r["text"] for r in records}
-
-
-# -- Batch API ------------------------------------------------------------------------------------
-def _posts(stub: StubServer, path: str) -> int:
-    return sum(1 for r in stub.records if r.method == "POST" and r.path == path)
-
-
-def test_batch_answers_land_in_the_cache_and_failures_go_live(stub, tmp_path):
-    from tinystories.llm.batch import run_batch
-
-    cfg = llm_cfg(stub, base_urls=stub.urls[:1], max_retries=1)
-    stub.faults.append(Fault("500", match="poison", times=10**6))
-    requests = [chat(str(i)) for i in range(5)] + [chat("dup", "prompt 0"), chat("bad", "poison")]
-    summary = run_batch(cfg, requests, tmp_path / "cache", tmp_path / "batch.json", poll_s=0.01)
-    assert summary["status"] == "completed" and summary["submitted"] == 6  # "dup" is the same request as "0"
-    assert summary["answered"] == 5 and summary["failed"] == 1 and summary["failures"] == {"500: stub batch failure": 1}
-    [upload] = [r for r in stub.records if r.path == "/v1/files"]
-    assert b"poison" in stub.files[json.loads((tmp_path / "batch.json").read_text())["input_file_id"]]["bytes"]
-    assert upload.method == "POST" and len(stub.completions()) == 0
-
-    client = make_client(cfg, tmp_path / "cache")
-    out = {r.key: r for r in client.complete(requests)}
-    client.close()
-    assert all(out[k].cached and out[k].ok for k in ["0", "1", "2", "3", "4", "dup"])
-    assert out["0"].text == out["dup"].text == "reply to [prompt 0] seed=0 temperature=1.0"
-    assert not out["bad"].ok  # the one the batch could not answer went live (and failed again)
-    assert [r.text for r in stub.completions()] == ["poison", "poison"]
-
-
-def test_batch_resumes_by_id_and_never_pays_twice(stub, tmp_path, monkeypatch):
-    from tinystories.llm.batch import run_batch
-
-    secret = f"sk-batch-{uuid.uuid4().hex}"
-    monkeypatch.setenv("TS_BATCH_KEY", secret)
-    cfg = llm_cfg(stub, base_urls=stub.urls[:1], api_key_env="TS_BATCH_KEY", max_retries=0)
-    requests = [chat(str(i)) for i in range(4)]
-    state = tmp_path / "batch.json"
-
-    # Killed between upload and create: the rerun creates the batch from the uploaded file.
-    stub.refuse_batches = 1
-    with pytest.raises(UserError, match="rerun to resume"):
-        run_batch(cfg, requests, tmp_path / "cache", state, poll_s=0.01)
-    assert json.loads(state.read_text())["phase"] == "uploaded"
-    submitted = run_batch(cfg, requests, tmp_path / "cache", state, wait=False)
-    assert submitted["status"] == "submitted" and json.loads(state.read_text())["phase"] == "submitted"
-    # Killed while waiting: the rerun polls the same batch.
-    stub.batch_polls_until_done = 3
-    still = run_batch(cfg, requests, tmp_path / "cache", state, poll_s=0.01, max_wait_s=0.0)
-    assert still["status"] == "in_progress" and still["batch_id"] == submitted["batch_id"]
-    done = run_batch(cfg, requests, tmp_path / "cache", state, poll_s=0.01)
-    assert done["status"] == "completed" and done["batch_id"] == submitted["batch_id"] and done["answered"] == 4
-    assert _posts(stub, "/v1/files") == 1 and len(stub.batches) == 1
-    # Everything is cached now: no upload, no batch, no call.
-    assert run_batch(cfg, requests, tmp_path / "cache", state)["status"] == "nothing to do"
-    assert _posts(stub, "/v1/files") == 1 and len(stub.batches) == 1 and len(stub.completions()) == 0
-    assert all(r.headers["authorization"] == f"Bearer {secret}" for r in stub.records)
-    for path in tmp_path.rglob("*"):
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
 
 
 # -- a real server -------------------------------------------------------------------------------------
@@ -537,3 +451,15 @@ def test_real_llama_cpp_server(llama_server, tmp_path):
         assert r.text.strip() and r.prompt_tokens > 0 and 0 < r.completion_tokens <= 24
         assert r.finish_reason in ("stop", "length")
     assert client.stats.backend_calls == 2
+
+
+def test_real_llama_cpp_server_token_logprobs(llama_server):
+    cfg = LLMConfig(backend="openai", base_urls=[llama_server], model="smollm2", api_key_env=NO_KEY_ENV, concurrency=1, timeout_s=60, max_retries=1)
+    for mode, request in (("chat", chat("a", "Name a colour.", max_tokens=6, temperature=0.0, top_logprobs=2)),
+                          ("completion", Request(key="b", prompt="Once upon a time", max_tokens=6, temperature=0.0, top_logprobs=2))):
+        cfg.mode = mode
+        [r] = make_client(cfg).complete([request])
+        assert r.ok, r.error
+        assert len(r.logprobs) == r.completion_tokens > 0, f"{mode}: one dict per generated token"
+        assert "".join(max(p, key=p.get) for p in r.logprobs) == r.text, f"{mode}: greedy text is the most likely token each time"
+        assert all(2 <= len(p) <= 3 and all(lp <= 0 for lp in p.values()) for p in r.logprobs), f"{mode}: top 2 plus the generated token"

@@ -160,7 +160,7 @@ def test_flops_formula():
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
-    from tinystories.train.trainer import TrainSettings, compile_model
+    from tinystories.train.trainer import compile_model
 
     model = FastGPTNeo(SHAPE, VOCAB)
 
@@ -174,7 +174,104 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     with caplog.at_level("WARNING"):
-        out = compile_model(model, TrainSettings(), "fp32", torch.device("cpu"), Source(), 0, 1)
+        out = compile_model(model, "fp32", torch.device("cpu"), Source(), 0, 1)
     assert out is model
     assert "torch.compile failed" in caplog.text and "training eagerly" in caplog.text
     assert all(p.grad is None for p in model.parameters())
+
+
+# -- the GPU branches, run on a CPU ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [None, 1, 5, 100, 300], ids=["global", "w1", "w5", "w100", "w300"])
+def test_fused_gpu_attention_matches_the_chunked_cpu_attention(window):
+    """The single-call attention GPUs run (is_causal, or the banded local mask) computes what
+    the chunked CPU path computes, over a sequence longer than one CPU chunk."""
+    from tinystories.train.model import ATTN_CHUNK, chunked_attention, fused_attention
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 3, ATTN_CHUNK + 57, 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(fused_attention(q, k, v, window), chunked_attention(q, k, v, window), atol=1e-5, rtol=1e-5)
+
+
+def test_band_mask_is_causal_and_windowed():
+    from tinystories.train.model import band_mask
+
+    mask = band_mask(0, 6, 0, 6, 3, "cpu")
+    assert mask.tolist()[4] == [False, False, True, True, True, False]  # the last 3 positions, self included
+    assert band_mask(0, 4, 0, 4, None, "cpu").tolist() == torch.ones(4, 4, dtype=torch.bool).tril().tolist()
+    assert band_mask(4, 6, 2, 6, 3, "cpu").tolist() == mask[4:6, 2:6].tolist()  # a chunk is a slice of the square
+
+
+def test_fast_model_on_the_gpu_branch_matches_transformers(tmp_path, monkeypatch):
+    """The whole model through the GPU attention branch (forced on this CPU) still computes
+    transformers' function, local layers included."""
+    from transformers import GPTNeoForCausalLM
+
+    from tinystories.train import model as model_module
+
+    model = _perturbed_model()
+    save_hf(model, tmp_path / "ckpt")
+    hf = GPTNeoForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    calls = []
+
+    def gpu_branch(q, k, v, window):
+        calls.append(window)
+        return model_module.fused_attention(q, k, v, window)
+
+    monkeypatch.setattr(model_module, "causal_attention", gpu_branch)
+    x = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-4, rtol=1e-4)
+    assert calls == [None, SHAPE.window_size, None], calls
+
+
+def test_hardware_choices():
+    from tinystories.train.hardware import adamw_implementation, autocast_context, choose_dtype
+
+    assert choose_dtype("auto", bf16_supported=True) == "bf16"
+    assert choose_dtype("auto", bf16_supported=False) == "fp32"
+    assert choose_dtype("fp32", bf16_supported=True) == "fp32"
+    assert adamw_implementation("cuda") == {"fused": True}
+    assert adamw_implementation("cpu") == {"fused": True}
+    assert adamw_implementation("mps") == {"foreach": True}
+    with autocast_context("bf16", "cpu")():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with autocast_context("fp32", "cuda")():
+        assert not torch.is_autocast_enabled("cuda")
+
+
+def test_make_optimizer_falls_back_without_a_fused_kernel(monkeypatch):
+    from tinystories.train import hardware
+    from tinystories.train.args import TrainArgs
+
+    model = FastGPTNeo(SHAPE, VOCAB)
+    assert hardware.make_optimizer(model, TrainArgs(), "cpu").defaults["fused"] is True
+    # A device PyTorch has no fused AdamW for (a GPU branch here): the foreach kernel instead.
+    monkeypatch.setattr(hardware, "adamw_implementation", lambda device_type: {"fused": True, "bogus_option": 1})
+    opt = hardware.make_optimizer(model, TrainArgs(), "cuda")
+    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
+
+
+# -- external checkpoints ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("activation_function", "gelu"), ("layer_norm_epsilon", 1e-6), ("resid_dropout", 0.1), ("embed_dropout", 0.1), ("attention_dropout", 0.1)],
+)
+def test_load_hf_refuses_a_gpt_neo_it_would_compute_differently(tmp_path, field, value):
+    """Another activation, norm epsilon or dropout is another function (or training recipe):
+    loading it into FastGPTNeo would silently compute and re-export something else."""
+    model = _perturbed_model()
+    save_hf(model, tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(path.read_text())
+    config[field] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(UserError) as err:
+        load_hf(tmp_path / "ckpt")
+    message = str(err.value)
+    assert "\n" not in message, f"not one line: {message}"
+    assert field in message, f"does not name {field}: {message}"
+    assert repr(value) in message, f"does not name the value {value!r}: {message}"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
-import torch
 
 from test_tokenizer import make_stories, write_dataset
-from tinystories.train import prepare
 from tinystories.cli import main
-from tinystories.train.prepare import bits_per_byte, load_split, random_batch, read_meta, sequential_batches
-from tinystories.train.tokenizer import EOS, load_raw_tokenizer
+from tinystories.io.layout import EOS
+from tinystories.train import prepare
+from tinystories.train.bpe import load_raw_tokenizer
+from tinystories.train.heldout import read_val_stories, story_key
+from tinystories.train.prepare import read_meta
 
 N_STORIES = 300
 
@@ -30,6 +30,10 @@ def run_prepare(run_dir, *sets: str) -> int:
     for s in sets:
         args += ["--set", s]
     return main(args)
+
+
+def load_split(run_dir, split: str) -> np.memmap:
+    return np.memmap(run_dir / "data" / f"{split}.bin", dtype=np.uint16, mode="r")
 
 
 def split_stories(ids: np.ndarray, eos_id: int) -> list[np.ndarray]:
@@ -63,6 +67,8 @@ def test_bins_hold_every_story_once_with_eos(tmp_path):
         assert meta[split]["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
     assert sorted(seen["train"] + seen["val"]) == list(range(len(stories)))  # each story exactly once
     assert len(seen["val"]) == round(0.2 * len(stories))
+    # The validation stories are recorded for sft, which holds out the very same ones.
+    assert read_val_stories(tmp_path / "data" / "val_stories.json") == {story_key(stories[i]) for i in seen["val"]}
     assert not (tmp_path / "data" / ".prepare.state.json").exists()
     assert not list((tmp_path / "data").glob(".*.partial"))
 
@@ -127,15 +133,14 @@ def test_interrupted_run_resumes_at_the_last_chunk(tmp_path, monkeypatch):
     assert run_prepare(run_dir, "prepare.chunk_mb=0.002") == 0
     metrics = json.loads((run_dir / "manifest.json").read_text())["stages"]["prepare"]["metrics"]
     assert metrics["resumed_from_byte"] == state["offset"]
-    for split in ("train.bin", "val.bin"):
-        assert (run_dir / "data" / split).read_bytes() == (ref / "data" / split).read_bytes()
+    for name in ("train.bin", "val.bin", "val_stories.json"):
+        assert (run_dir / "data" / name).read_bytes() == (ref / "data" / name).read_bytes(), name
     assert not (run_dir / "data" / ".prepare.state.json").exists()
 
 
 @pytest.mark.parametrize(
     "setup, sets, message",
     [
-        ("few", ["prepare.val_fraction=0.01"], "the val split has"),
         ("few", ["prepare.val_fraction=0.999"], "cannot be split into train and validation"),
         ("empty", [], "dataset file is empty"),
         ("bad_utf8", [], "is not valid UTF-8"),
@@ -161,45 +166,13 @@ def test_bad_input_is_one_line_and_leaves_no_outputs(tmp_path, capsys, setup, se
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and err.startswith("error: ")
-    if setup == "few" and "val split" in err:
-        assert "prepare.val_fraction" in err and "pretrain.context" in err
     leftovers = [p.name for p in (tmp_path / "data").iterdir() if p.name.endswith((".bin", ".partial", ".tmp")) or p.name.startswith((".prepare", "meta"))]
     assert leftovers == []
 
 
-def test_batches_for_training_and_validation(tmp_path):
-    setup_run(tmp_path)
-    assert run_prepare(tmp_path) == 0
-    train = load_split(tmp_path, "train")
-    val = load_split(tmp_path, "val")
-
-    x, y = random_batch(train, batch_size=4, context=16, generator=torch.Generator().manual_seed(0))
-    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
-    assert torch.equal(x[:, 1:], y[:, :-1])
-    flat = np.asarray(train, dtype=np.int64)
-    for row_x, row_y in zip(x.numpy(), y.numpy()):
-        starts = [i for i in range(len(flat) - 16) if np.array_equal(flat[i : i + 16], row_x)]
-        assert any(np.array_equal(flat[i + 1 : i + 17], row_y) for i in starts)
-    x2, _ = random_batch(train, batch_size=4, context=16, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(x, x2)
-
-    batches = list(sequential_batches(val, batch_size=3, context=16))
-    n_windows = (len(val) - 1) // 16
-    assert sum(b[0].shape[0] for b in batches) == n_windows
-    xs = torch.cat([b[0] for b in batches]).reshape(-1)
-    ys = torch.cat([b[1] for b in batches]).reshape(-1)
-    assert torch.equal(xs, torch.from_numpy(np.asarray(val[: n_windows * 16], dtype=np.int64)))
-    assert torch.equal(ys, torch.from_numpy(np.asarray(val[1 : n_windows * 16 + 1], dtype=np.int64)))
-    assert len(list(sequential_batches(val, batch_size=3, context=16, max_batches=2))) == 2
-
-    meta = read_meta(tmp_path)
-    nats = 1.3
-    assert bits_per_byte(nats, meta) == pytest.approx(nats * meta["val"]["tokens"] / meta["val"]["bytes"] / math.log(2))
-
-
-def test_short_split_check_follows_pretrain_context(tmp_path, capsys):
+def test_a_split_shorter_than_the_context_is_prepared_and_pretrain_names_the_fix(tmp_path):
+    """The bins do not depend on the model's context, so prepare writes a short split; pretrain,
+    which owns the context, refuses it (tests/test_pretrain.py, "short val")."""
     setup_run(tmp_path, n=40)
-    assert run_prepare(tmp_path, "prepare.val_fraction=0.05") == 2  # ~2 val stories < 513 tokens
-    assert "pretrain.context+1=513" in capsys.readouterr().err
-    assert run_prepare(tmp_path, "prepare.val_fraction=0.05", "pretrain.context=16") == 0
-    assert read_meta(tmp_path)["val"]["tokens"] >= 17
+    assert run_prepare(tmp_path, "prepare.val_fraction=0.01") == 0
+    assert read_meta(tmp_path)["val"]["stories"] == 1

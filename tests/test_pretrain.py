@@ -38,7 +38,7 @@ def _pretrain(run_dir, cfg, *extra):
 def test_end_to_end_checkpoint_loads_and_generates(run_dir, tmp_path, capsys):
     from transformers import AutoTokenizer, GPTNeoForCausalLM
 
-    from tinystories.pipeline.config import derive_seed
+    from tinystories.pipeline.ids import derive_seed
     from tinystories.train.model import FastGPTNeo, Shape
 
     cfg = write_config(tmp_path / "c.yaml")
@@ -159,12 +159,15 @@ def test_force_restarts_and_shape_change_is_refused(run_dir, tmp_path, capsys):
     "kind, overrides, needle",
     [
         ("small data", {"batch_size": 64, "context": 64}, "fewer than one batch"),
-        ("context", {"context": 128}, "pretrain.context: 128 is longer than the position table"),
+        ("context", {"context": 128}, "pretrain.train.context: 128 is longer than the position table"),
         ("unknown size", {"sizes": ["2M"]}, "pretrain.sizes: unknown size '2M'"),
         ("vocab", {}, "does not fit the uint16"),
+        ("short val", {"context": 64, "batch_size": 1}, "shorter than one window (pretrain.train.context 64); lower pretrain.train.context or raise prepare.val_fraction"),
     ],
 )
 def test_bad_inputs_are_one_line_user_errors(run_dir, tmp_path, capsys, kind, overrides, needle):
+    if kind == "short val":
+        run_dir = make_run_dir(tmp_path / "short", stories=["The cat sat on a mat."], repeats=16)  # 2 validation stories, ~16 tokens
     if kind == "vocab":
         meta_path = run_dir / "data" / "meta.json"
         meta = json.loads(meta_path.read_text())
@@ -180,7 +183,7 @@ def test_bad_inputs_are_one_line_user_errors(run_dir, tmp_path, capsys, kind, ov
 
 @pytest.mark.slow
 def test_compiled_training_runs_compiled(run_dir, tmp_path, caplog):
-    """pretrain.compile=true really trains through torch.compile (no silent eager fallback)."""
+    """pretrain.train.compile=true really trains through torch.compile (no silent eager fallback)."""
     cfg = write_config(tmp_path / "c.yaml", max_steps=3, compile=True, dtype="bf16")
     with caplog.at_level("WARNING", logger="tinystories.train.trainer"):
         assert _pretrain(run_dir, cfg) == 0
@@ -208,3 +211,40 @@ def test_changed_data_retrains_instead_of_keeping_a_stale_checkpoint(run_dir, tm
     assert info2["data_id"] != info["data_id"]
     steps = [json.loads(line)["step"] for line in (run / "pretrain" / "tiny" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # a fresh curve, not an appended one
+
+
+def test_bits_per_byte_count_the_bytes_of_the_evaluated_tokens(tmp_path):
+    """val_bpb (train_bpb) divide the loss by the UTF-8 bytes of exactly the target tokens
+    evaluated (trained), not by the split's mean bytes per token: with one validation batch
+    of two, the two differ."""
+    import math
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from tinystories.pipeline.ids import derive_seed
+    from tinystories.train.pretrain import RandomWindows
+
+    stories = ["A cat.", "Tim and his big brown dog ran all the way to the old wooden bridge by the river."]
+    run_dir = make_run_dir(tmp_path / "run", stories=stories, repeats=96)
+    cfg = write_config(tmp_path / "c.yaml", max_steps=2, eval_interval=2, eval_batches=1, checkpoint_interval=0)
+    assert _pretrain(run_dir, cfg) == 0
+    records = read_metrics(run_dir / "pretrain" / "tiny" / "metrics.jsonl")
+    tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    meta = json.loads((run_dir / "data" / "meta.json").read_text())
+
+    def nbytes(rows) -> int:  # targets: every position of a window but its first
+        return sum(len(tok.decode(row[1:].tolist(), skip_special_tokens=True).encode("utf-8")) for row in rows)
+
+    val = np.fromfile(run_dir / "data" / "val.bin", dtype=np.uint16).astype(np.int64)
+    windows = val[: 4 * 32].reshape(4, 32)  # validation batch 0: batch_size 4 windows of context 32
+    assert len(val) // 32 > 4, "validation must hold more than the one batch evaluated"
+    last = records[-1]
+    expected = last["val_loss"] * windows[:, 1:].size / nbytes(windows) / math.log(2)
+    assert last["val_bpb"] == pytest.approx(expected, rel=1e-4)
+    split_mean = last["val_loss"] * meta["val"]["tokens"] / meta["val"]["bytes"] / math.log(2)
+    assert abs(split_mean - expected) > 0.01 * expected, "the split mean must differ here, or the test tells nothing"
+
+    x, _ = RandomWindows(np.memmap(run_dir / "data" / "train.bin", dtype=np.uint16, mode="r"), 4, 32, derive_seed(7, "pretrain")).batch(0, 0, 0, 1)
+    first = records[0]
+    assert first["train_bpb"] == pytest.approx(first["train_loss"] * x[:, 1:].numel() / nbytes(x.numpy()) / math.log(2), rel=1e-4)

@@ -39,6 +39,7 @@ def test_report_renders_every_section_and_chart(tmp_path, monkeypatch):
         assert p.exists() and p.read_bytes()[:4] == b"\x89PNG" and f"({png})" in md
     assert "pretrain/1M → sft/1M" in md
     assert "| judge | done |" in md  # stage table from the manifest
+    assert "scoring sampled" in md and "numbers the judge wrote" in md, "the report says how grades were read"
     # three samples of the same prompt per model
     assert md.count("> 0: …") == 2 and md.count("> 2: …") == 2
     assert "b2" in md.split("## Contamination check")[1]
@@ -58,8 +59,8 @@ def test_numbers_in_results_equal_scores_json(tmp_path, monkeypatch):
         t = m["tasks"]["continue"]
         row = next(line for line in lines if line.startswith(f"| {name} |") and "| " + report.fmt(t["n_judged"]) + " |" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[3:6] == [report.fmt_score(t["categories"][c]) for c in ("grammar", "creativity", "consistency")]
-        assert cells[6:8] == [str(t["n_judged"]), str(t["n_failed"])]
+        assert cells[3:7] == [report.fmt_score(t["categories"][c]) for c in ("grammar", "creativity", "consistency", "plot")]
+        assert cells[7:9] == [str(t["n_judged"]), str(t["n_failed"])]
     disc = scores["reliability"]["discrimination"]["word_salad"]
     row = next(line for line in lines if line.startswith("| word_salad |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -173,3 +174,17 @@ def test_stage_table_shows_per_size_metrics_of_training_stages():
 
     flat = _flat_numbers({"1M": {"val_loss": 5.25, "tokens_per_s": 8610.7, "dtype": "bf16"}, "kept": 24, "skipped": False, "model": "x"})
     assert flat == {"1M val_loss": 5.25, "1M tokens_per_s": 8610.7, "kept": 24}
+
+
+def test_report_says_when_grades_are_expected_grades(tmp_path, monkeypatch):
+    from test_judge import completion_judge_args, forced_judge
+
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, forced_judge)
+    assert main(completion_judge_args(run)) == 0
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    assert "scoring expected" in md and "expected grades (G-Eval)" in md and "less than 50% of the probability" in md
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    plot = scores["models"]["pretrain/1M"]["tasks"]["continue"]["categories"]["plot"]
+    assert report.fmt_score(plot) in md.split("## Judge scores: story completions")[1].split("\n## ")[0], "plot has a column for story beginnings"

@@ -8,7 +8,8 @@ from tinystories.pipeline.config import Config
 from tinystories.errors import UserError
 from tinystories.llm.config import LLMConfig
 from tinystories.io.rundir import JsonlWriter, RunDir, atomic_path, read_jsonl, sha256_path, write_json
-from tinystories.pipeline.registry import Stage, execute
+from tinystories.pipeline.executor import execute
+from tinystories.pipeline.registry import Stage
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

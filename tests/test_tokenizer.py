@@ -9,7 +9,8 @@ import pytest
 
 from tinystories.cli import main
 from tinystories.errors import UserError
-from tinystories.train.tokenizer import EOS, count_stories, iter_story_chunks, load_raw_tokenizer, load_tokenizer
+from tinystories.text.storyfile import count_stories, iter_story_chunks
+from tinystories.train.tokenizer import EOS, load_raw_tokenizer, load_tokenizer
 
 NAMES = ["Tom", "Lily", "Max", "Zoë", "Ben", "Mia", "José", "Sara"]
 THINGS = ["ball", "kite", "box", "hat", "cake", "book", "boat", "flower"]

@@ -9,7 +9,8 @@ from lemminflect import getAllInflections, getLemma
 
 from tinystories.cli import main
 from tinystories.errors import UserError
-from tinystories.data.vocab import CATEGORIES, load_vocabulary, shipped_path, vocabulary_forms, word_forms
+from tinystories.text.vocabulary import CATEGORIES, load_vocabulary, shipped_path
+from tinystories.text.words import vocabulary_forms, word_forms
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "build_vocabulary.py"

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -34,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         _add_config_args(p)
         p.add_argument("--force", action="store_true", help="redo the stage even if its config and inputs are unchanged")
+        p.add_argument("--allow-unfinished", action="store_true", help="use inputs whose producing stage is not done (recorded in the manifest)")
     p = sub.add_parser("run", help="run every stage in order, skipping those already current")
     _add_config_args(p)
+    p.add_argument("--allow-unfinished", action="store_true", help="use inputs whose producing stage is not done (recorded in the manifest)")
     names = [s.name for s in STAGES]
     p.add_argument("--from", dest="start", choices=names or None, help="first stage to run")
     p.add_argument("--until", dest="stop", choices=names or None, help="last stage to run")
@@ -53,12 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args):
-    from tinystories.pipeline.config import load_config
+    from tinystories.io.layout import CONFIG
+    from tinystories.pipeline.registry import load_run_config
 
-    config_path = args.config
-    if config_path is None and args.run_dir is not None and (args.run_dir / "config.yaml").exists():
-        config_path = args.run_dir / "config.yaml"
-    return load_config(config_path, args.overrides)
+    if args.config is not None:
+        return load_run_config(args.config, args.overrides, where="--config")
+    if args.run_dir is not None and (args.run_dir / CONFIG).exists():
+        return load_run_config(args.run_dir / CONFIG, args.overrides, where="run dir config")
+    return load_run_config(None, args.overrides)
 
 
 def _write_config(cfg, run_dir: Path) -> None:
@@ -70,14 +75,47 @@ def _write_config(cfg, run_dir: Path) -> None:
 
 def cmd_stage(args) -> int:
     from tinystories.io.rundir import RunDir
-    from tinystories.pipeline.registry import execute, get_stage
+    from tinystories.pipeline.executor import execute, is_main_process
+    from tinystories.pipeline.registry import get_stage
 
-    cfg = resolve_config(args)
-    _write_config(cfg, args.run_dir)
+    rundir = RunDir(args.run_dir)
+    rundir.check_usable()
     stage = get_stage(args.command)
-    result = execute(stage, cfg, RunDir(args.run_dir), force=args.force)
+    cfg = resolve_config(args)
+    with _one_writer(rundir, f"tinystories {stage.name}"):
+        with _config_kept_on_user_error(cfg, args.run_dir, write=is_main_process()):
+            result = execute(stage, cfg, rundir, force=args.force, allow_unfinished=args.allow_unfinished)
     _print_result(stage.name, result)
     return 0
+
+
+@contextlib.contextmanager
+def _config_kept_on_user_error(cfg, run_dir: Path, write: bool):
+    """Write the resolved config before any work; a command refused for bad input puts the
+    previous one back, so a typo in a --set never changes the run."""
+    from tinystories.io.layout import CONFIG
+    from tinystories.io.rundir import write_text
+
+    path = run_dir / CONFIG
+    previous = path.read_bytes() if path.is_file() else None
+    if write:
+        _write_config(cfg, run_dir)
+    try:
+        yield
+    except UserError:
+        if write:
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_text(path, previous.decode("utf-8"))
+        raise
+
+
+def _one_writer(rundir, command: str):
+    """The run dir's writer lock; under torchrun/accelerate only rank 0 takes it (every rank runs the stage)."""
+    from tinystories.pipeline.executor import is_main_process
+
+    return rundir.writer_lock(command) if is_main_process() else contextlib.nullcontext()
 
 
 def _print_result(name: str, result: dict) -> None:
@@ -89,11 +127,20 @@ def _print_result(name: str, result: dict) -> None:
 
 def cmd_run(args) -> int:
     from tinystories.io.rundir import RunDir
-    from tinystories.pipeline.registry import STAGES, execute
+
+    rundir = RunDir(args.run_dir)
+    rundir.check_usable()
+    cfg = resolve_config(args)
+    with _one_writer(rundir, "tinystories run"):
+        return _run_stages(args, cfg, rundir)
+
+
+def _run_stages(args, cfg, rundir) -> int:
+    from tinystories.pipeline.executor import execute
+    from tinystories.pipeline.registry import STAGES
 
     if not STAGES:
         raise UserError("no stages are installed yet")
-    cfg = resolve_config(args)
     _write_config(cfg, args.run_dir)
     names = [s.name for s in STAGES]
     for forced in args.force:
@@ -103,31 +150,51 @@ def cmd_run(args) -> int:
     stop = names.index(args.stop) if args.stop else len(names) - 1
     if start > stop:
         raise UserError(f"--from {args.start} comes after --until {args.stop}")
-    rundir = RunDir(args.run_dir)
     for stage in STAGES[start : stop + 1]:
         force = stage.name in args.force
-        result = execute(stage, cfg, rundir, force=force)
+        result = execute(stage, cfg, rundir, force=force, allow_unfinished=args.allow_unfinished)
         _print_result(stage.name, result)
     return 0
 
 
 def cmd_status(args) -> int:
+    from tinystories.io.layout import CONFIG
     from tinystories.io.rundir import RunDir
-    from tinystories.pipeline.registry import STAGES
+    from tinystories.pipeline.executor import why_stale
+    from tinystories.pipeline.registry import STAGES, load_run_config
 
     rundir = RunDir(args.run_dir)
-    if not rundir.root.exists():
+    if not rundir.root.is_dir():
         raise UserError(f"--run-dir {rundir.root}: no such run directory")
-    stages = rundir.manifest()["stages"]
-    names = [s.name for s in STAGES] + [n for n in stages if n not in {s.name for s in STAGES}]
-    print(f"{'stage':<16}{'status':<13}{'wall_s':>10}  finished")
-    for name in names:
-        rec = stages.get(name, {})
+    records = rundir.manifest()["stages"]
+    cfg = load_run_config(rundir.path(CONFIG), where="run dir config") if rundir.path(CONFIG).is_file() else None
+    writer = rundir.writer_active()
+    known = {s.name for s in STAGES}
+    print(f"{'stage':<16}{'status':<13}{'wall_s':>10}  {'finished':<26}metrics")
+    for stage in [*STAGES, *(n for n in records if n not in known)]:
+        name = stage if isinstance(stage, str) else stage.name
+        rec = records.get(name, {})
+        status = rec.get("status", "-")
+        note = ""
+        if status == "running" and not writer:
+            status, note = "killed", "the process died mid-stage; rerun the same command to resume"
+        elif status == "done" and cfg is not None and not isinstance(stage, str):
+            reason = why_stale(stage, cfg, rundir)
+            if reason:
+                status, note = "stale", f"{reason}; `tinystories run` reruns it"
         wall = rec.get("wall_s")
-        print(f"{name:<16}{rec.get('status', '-'):<13}{(f'{wall:.1f}' if wall is not None else '-'):>10}  {rec.get('finished_at', '')}")
-        if rec.get("status") == "failed" and rec.get("error"):
+        print(f"{name:<16}{status:<13}{(f'{wall:.1f}' if wall is not None else '-'):>10}  {rec.get('finished_at', ''):<26}{_headline(rec.get('metrics') or {})}")
+        if status == "failed" and rec.get("error"):
             print(f"{'':<16}error: {rec['error']}")
+        if note:
+            print(f"{'':<16}{note}")
     return 0
+
+
+def _headline(metrics: dict, limit: int = 4) -> str:
+    """The first few scalar metrics of a stage, `key=value`, for a one-line status."""
+    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return "  ".join(shown[:limit])
 
 
 def cmd_llm(args) -> int:
@@ -200,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_stage(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A path fault no check foresaw (a directory where a file should be, a full disk):
+        # one line naming the path, never a traceback.
+        where = exc.filename or "a file"
+        print(f"error: {where}: {exc.strerror or exc}; fix that path (or free disk space) and rerun the same command", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)

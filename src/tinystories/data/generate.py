@@ -5,20 +5,23 @@
 Each story i draws one noun, one verb and one adjective from data/vocabulary.json and a
 random subset of narrative features, from a generator seeded with (stage seed, i): the same
 seed gives the same prompts in the same order, and story i is the same whether or not the
-run was interrupted. The prompt is the paper's (data/prompts/story.txt, versioned).
+run was interrupted. The prompt is the paper's (resources/prompts/story.txt, versioned, rendered by text/prompts.py).
 
 `num_stories` counts KEPT stories: ids 0, 1, 2, ... are requested in order and the stage
 keeps requesting the next ids until num_stories stories passed the filters and dedup, or
 `max_requests` ids were attempted (then it finishes with fewer and says so in the log and
-metrics). Replies that are empty, cut off at max_tokens or wrapped in chat preamble are
-retried with a fresh seed (llm.max_attempts) before being recorded as rejected.
+metrics). A story that misses one of its three words is kept (its `words_used` says which it
+contains; data/stats.json the share using all three) unless `require_words` is set: small
+models miss one in about half their stories, and rejecting them doubles the LLM time.
+Replies that are empty, cut off at max_tokens or wrapped in chat preamble are retried with a
+fresh seed (llm.max_attempts) before being recorded as rejected.
 
 A correct run writes data/stories.jsonl (one kept story a line, with its words, features,
 prompt, model, seed, token counts and words_used), data/rejected.jsonl (id, reason, text,
 and `duplicate_of` for duplicates), data/tinystories_dataset.txt (kept stories, each
 followed by a line `<|endoftext|>`) and data/stats.json. Killed and rerun, it sends only the
 requests not yet answered (answers also sit in cache/llm) and never writes an id twice.
-Memory stays flat apart from the dedup index (about 1 KB per kept story, see filters.py).
+Memory stays flat apart from the dedup index (about 1 KB per kept story, see data/dedup.py).
 Stories are appended in the order answers arrive: with llm.concurrency 1 (the embedded
 backend) that is id order; with several requests in flight, which of two duplicates is kept
 can depend on timing.
@@ -27,25 +30,24 @@ can depend on timing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
+from tinystories.data.checks import FilterOptions, format_problem
+from tinystories.data.dataset_writer import DATASET_FILES, DatasetBuilder, resume_dataset
+from tinystories.data.stats import stats_table
 from tinystories.errors import UserError
-from tinystories.data.filters import DATASET, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, format_problem, reset_if_stale, stats_table
+from tinystories.io.layout import GENERATE_BATCH, GENERATE_STATE, LLM_CACHE_DIR, VOCABULARY
 from tinystories.io.rundir import RunDir, sha256_path
+from tinystories.pipeline.ids import derive_seed, fingerprint
+from tinystories.text.prompts import story_prompt, story_template
+from tinystories.text.vocabulary import CATEGORIES, load_vocabulary
 
 NAME = "generate"
 SECTION = "generate"
 USES: tuple[str, ...] = ("llm", "vocab")
 
-VOCABULARY = "data/vocabulary.json"
-STATE = "data/.generate_state.json"
 DEFAULT_FEATURES = ["Dialogue", "Twist", "BadEnding", "MoralValue", "Foreshadowing", "Conflict"]  # names as in the published data
 ID_PREFIX = "g"
 
@@ -56,7 +58,7 @@ log = logging.getLogger("tinystories.data.generate")
 class Config(FilterOptions):
     num_stories: int = 100  # stories to keep; ids are requested in order until this many pass the filters (or max_requests)
     max_requests: int = 0  # cap on stories attempted (kept + rejected); 0 = 2 x num_stories
-    features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))  # features to draw from (names in data/prompts/story.txt)
+    features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))  # features to draw from (names in resources/prompts/story.txt)
     feature_prob: float = 0.3  # probability that each feature is asked for in a story's prompt
     feature_probs: dict[str, float] = field(default_factory=dict)  # per-feature probability, overriding feature_prob
     max_tokens: int = 600  # completion limit; a story cut off here is rejected as truncated
@@ -68,7 +70,7 @@ class Config(FilterOptions):
 
     def check(self) -> list[str]:
         problems = self.filter_problems()
-        known = template()["features"]
+        known = story_template()["features"]
         for f in self.features:
             if f not in known:
                 problems.append(f"features: unknown feature {f!r}; known: {', '.join(known)}")
@@ -86,28 +88,6 @@ class Config(FilterOptions):
         if self.max_tokens < 16:
             problems.append("max_tokens: must be at least 16")
         return problems
-
-
-@lru_cache(maxsize=1)
-def template() -> dict:
-    """The versioned prompt template from package data: {version, features, features_sentence, text}."""
-    raw = resources.files("tinystories").joinpath("resources/prompts/story.txt").read_text(encoding="utf-8")
-    out: dict = {"features": {}}
-    lines = raw.splitlines()
-    for n, line in enumerate(lines):
-        if line.startswith("#") or not line.strip():
-            continue
-        if line.strip() == "template:":
-            out["text"] = "\n".join(lines[n + 1 :]).strip()
-            break
-        key, _, value = line.partition(":")
-        if key.startswith("feature "):
-            out["features"][key.split(None, 1)[1].strip()] = value.strip()
-        else:
-            out[key.strip()] = value.strip()
-    # An edit without a version bump must still invalidate the cache.
-    out["version"] = f"{out['version']}+{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
-    return out
 
 
 def story_id(i: int) -> str:
@@ -128,28 +108,19 @@ def story_params(base_seed: int, i: int, vocab: dict, gcfg: Config) -> dict:
     return {"words": words, "features": features, "seed": int(rng.integers(0, 2**31 - 1))}
 
 
-def render_prompt(words: dict, features: list[str]) -> str:
-    t = template()
-    sentence = t["features_sentence"].format(features=", ".join(t["features"][f] for f in features)) if features else ""
-    text = t["text"].format(noun=words["noun"], verb=words["verb"], adjective=words["adjective"], features_sentence=sentence)
-    return re.sub(r" {2,}", " ", text)  # no features: the sentence and its space vanish
-
-
 def make_request(i: int, params: dict, gcfg: Config, mode: str):
     from tinystories.llm import Request
 
-    prompt = render_prompt(params["words"], params["features"])
-    common = dict(key=story_id(i), max_tokens=gcfg.max_tokens, temperature=gcfg.temperature, top_p=gcfg.top_p, seed=params["seed"], template_version=template()["version"])
+    prompt = story_prompt(params["words"], params["features"])
+    common = dict(key=story_id(i), max_tokens=gcfg.max_tokens, temperature=gcfg.temperature, top_p=gcfg.top_p, seed=params["seed"], template_version=story_template()["version"])
     if mode == "chat":
         return Request(messages=({"role": "user", "content": prompt},), **common), prompt
     return Request(prompt=prompt, **common), prompt
 
 
 def _load_vocab(rundir: RunDir) -> dict:
-    from tinystories.data.vocab import load_vocabulary
-
     vocab = load_vocabulary(rundir.path(VOCABULARY))
-    for key in ("nouns", "verbs", "adjectives"):
+    for key in CATEGORIES:
         if not vocab.get(key):
             raise UserError(f"{rundir.path(VOCABULARY)}: no {key}; rerun `tinystories vocab --run-dir {rundir.root}`")
     return vocab
@@ -166,10 +137,10 @@ def _fingerprint(cfg, rundir: RunDir) -> str:
         # only what changes an answer: concurrency, rate limits or prices do not
         "llm": {k: v for k, v in dataclasses.asdict(cfg.llm_for(SECTION)).items() if k in ("backend", "model", "mode", "max_attempts", "n_ctx", "base_urls")},
         "seed": cfg.seed,
-        "template": template()["version"],
+        "template": story_template()["version"],
         "vocabulary": sha256_path(rundir.path(VOCABULARY)),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint(payload)
 
 
 def inputs(cfg) -> list[str]:
@@ -177,7 +148,7 @@ def inputs(cfg) -> list[str]:
 
 
 def outputs(cfg) -> list[str]:
-    return [STORIES, REJECTED, DATASET, STATS] if cfg.generate.num_stories > 0 else []
+    return list(DATASET_FILES) if cfg.generate.num_stories > 0 else []
 
 
 def _answer_through_batch(gcfg, llm_cfg, rundir: RunDir, builder, base_seed: int, vocab: dict, cap: int) -> None:
@@ -194,38 +165,13 @@ def _answer_through_batch(gcfg, llm_cfg, rundir: RunDir, builder, base_seed: int
             pending.append(make_request(i, story_params(base_seed, i, vocab, gcfg), gcfg, llm_cfg.mode)[0])
         i += 1
     if pending:
-        summary = run_batch(llm_cfg, pending, rundir.path("cache/llm"), rundir.path("data/.generate_batch.json"), poll_s=gcfg.batch_poll_s)
+        summary = run_batch(llm_cfg, pending, rundir.path(LLM_CACHE_DIR), rundir.path(GENERATE_BATCH), poll_s=gcfg.batch_poll_s)
         log.info("generate: Batch API %s", {k: v for k, v in summary.items() if k != "failures"})
 
 
-def run(cfg, rundir: RunDir, force: bool = False) -> dict:
-    from tinystories.pipeline.config import derive_seed
-    from tinystories.llm import Reject, make_client
-
-    gcfg: Config = cfg.generate
-    imp = getattr(cfg, "import_", None)
-    if gcfg.num_stories == 0:
-        log.info("generate: num_stories is 0, nothing to generate")
-        return {"kept": 0, "skipped": "num_stories is 0"}
-    if imp is not None and getattr(imp, "path", ""):
-        raise UserError(
-            f"generate.num_stories is {gcfg.num_stories} but import_.path is set; both write data/stories.jsonl: "
-            "set --set generate.num_stories=0 to import, or clear import_.path to generate"
-        )
-    vocab = _load_vocab(rundir)
-    reset_if_stale(
-        rundir, STATE, _fingerprint(cfg, rundir), ID_PREFIX,
-        changed="generate: config, model, template or vocabulary changed; starting the dataset over",
-        foreign="holds imported stories; generate in a fresh --run-dir or delete the data/ files first",
-    )
-    base_seed = derive_seed(cfg.seed, NAME)
-    llm_cfg = cfg.llm_for(SECTION)
-    cap = gcfg.max_requests or 2 * gcfg.num_stories
-
-    builder = DatasetBuilder(rundir, gcfg, seed=base_seed).open()
-    resumed = {"kept": builder.kept, "rejected": sum(builder.rejected.values())}
-    if resumed["kept"] or resumed["rejected"]:
-        log.info("generate: resuming with %d kept and %d rejected stories on disk", resumed["kept"], resumed["rejected"])
+def _validate(gcfg: Config):
+    """The answer validator: a reply that fails a reply check is retried (llm.max_attempts)."""
+    from tinystories.llm import Reject
 
     def validate(response) -> str:
         text = response.text or ""
@@ -238,80 +184,89 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
             raise Reject(f"{reason}: {detail}")
         return cleaned
 
-    transport: list[str] = []
-    prompts: dict[str, tuple[dict, str]] = {}  # in-flight only
+    return validate
 
-    def on_result(response) -> None:
-        params, prompt = prompts.pop(response.key)
-        if not response.ok:
-            reason = response.error.split(":")[0]
-            if reason == "transport":
-                transport.append(response.error)  # not recorded: the rerun asks again
-                return
-            builder.reject(response.key, reason, response.text, response.error, words=params["words"], features=params["features"], seed=response.seed)
-            return
-        builder.add(
-            [
-                {
-                    "id": response.key,
-                    "text": response.value,
-                    "words": params["words"],
-                    "features": params["features"],
-                    "prompt": prompt,
-                    "model": response.model,
-                    "backend": response.backend,
-                    "seed": response.seed,
-                    "prompt_tokens": response.prompt_tokens,
-                    "completion_tokens": response.completion_tokens,
-                    "finish_reason": response.finish_reason,
-                    "attempts": response.attempts,
-                }
-            ],
-            format_checks=False,  # the validator already ran them (and stripped a title line)
-        )
 
-    sent = [0]
+class _Requests:
+    """The stories still to ask for, and what becomes of each answer.
 
-    def requests(todo: int):
+    Ids are requested smallest first below the cap; an answer is kept or rejected through the
+    builder, except a transport failure, which is not recorded so that a rerun asks again.
+    """
+
+    def __init__(self, gcfg: Config, mode: str, builder: DatasetBuilder, vocab: dict, base_seed: int):
+        self.gcfg, self.mode, self.builder, self.vocab, self.base_seed = gcfg, mode, builder, vocab, base_seed
+        self.cap = gcfg.max_requests or 2 * gcfg.num_stories
+        self.in_flight: dict[str, tuple[dict, str]] = {}  # id -> (params, prompt) of requests not answered yet
+        self.transport: list[str] = []
+        self.sent = 0
+
+    def todo(self) -> int:
+        return min(self.gcfg.num_stories - self.builder.kept, self.cap - len(self.builder.done))
+
+    def requests(self, todo: int):
         """The `todo` smallest ids below the cap not yet kept or rejected, lazily."""
         i = n = 0
-        while n < todo and i < cap:
+        while n < todo and i < self.cap:
             sid = story_id(i)
-            if sid not in builder.done and sid not in prompts:
-                params = story_params(base_seed, i, vocab, gcfg)
-                request, prompt = make_request(i, params, gcfg, llm_cfg.mode)
-                prompts[sid] = (params, prompt)
+            if sid not in self.builder.done and sid not in self.in_flight:
+                params = story_params(self.base_seed, i, self.vocab, self.gcfg)
+                request, prompt = make_request(i, params, self.gcfg, self.mode)
+                self.in_flight[sid] = (params, prompt)
                 n += 1
-                sent[0] += 1
+                self.sent += 1
                 yield request
             i += 1
 
-    if gcfg.batch_api:
-        _answer_through_batch(gcfg, llm_cfg, rundir, builder, base_seed, vocab, cap)
-    client = make_client(llm_cfg, rundir.path("cache/llm"))
-    try:
-        while True:
-            need = gcfg.num_stories - builder.kept
-            todo = min(need, cap - len(builder.done))
-            if todo <= 0:
-                break
-            before = sent[0]
-            client.complete(requests(todo), validate=validate, on_result=on_result, total=todo, description="generate", collect=False)
-            if sent[0] == before:
+    def on_result(self, response) -> None:
+        params, prompt = self.in_flight.pop(response.key)
+        if not response.ok:
+            reason = response.error.split(":")[0]
+            if reason == "transport":
+                self.transport.append(response.error)  # not recorded: the rerun asks again
+                return
+            self.builder.reject(response.key, reason, response.text, response.error, words=params["words"], features=params["features"], seed=response.seed)
+            return
+        candidate = {
+            "id": response.key,
+            "text": response.value,
+            "words": params["words"],
+            "features": params["features"],
+            "prompt": prompt,
+            "model": response.model,
+            "backend": response.backend,
+            "seed": response.seed,
+            "prompt_tokens": response.prompt_tokens,
+            "completion_tokens": response.completion_tokens,
+            "finish_reason": response.finish_reason,
+            "attempts": response.attempts,
+        }
+        self.builder.add([candidate], format_checks=False)  # the validator already ran them (and stripped a title line)
+
+    def ask_until_done(self, client) -> None:
+        """Request rounds until num_stories are kept or every id below the cap is done."""
+        validate = _validate(self.gcfg)
+        while (todo := self.todo()) > 0:
+            before = self.sent
+            client.complete(self.requests(todo), validate=validate, on_result=self.on_result, total=todo, description="generate", collect=False)
+            if self.sent == before:
                 break  # every id below the cap is done (e.g. the cap was lowered)
-            if transport:
+            if self.transport:
                 raise UserError(
-                    f"generate: {len(transport)} requests failed in transport ({transport[-1][:200]}); "
+                    f"generate: {len(self.transport)} requests failed in transport ({self.transport[-1][:200]}); "
                     "check the llm backend and rerun the same command to resume"
                 )
-    finally:
-        builder.close()
-        client.close()
 
-    if builder.kept < gcfg.num_stories:
-        log.warning("generate: kept %d of %d stories after %d attempts (max_requests)", builder.kept, gcfg.num_stories, len(builder.done))
-    stats = builder.finish(vocab, attempted=len(builder.done))
-    print(stats_table(stats))
+
+def _open_builder(rundir: RunDir, gcfg: Config, base_seed: int) -> DatasetBuilder:
+    builder = DatasetBuilder(rundir, gcfg, seed=base_seed).open()
+    rejected = sum(builder.rejected.values())
+    if builder.kept or rejected:
+        log.info("generate: resuming with %d kept and %d rejected stories on disk", builder.kept, rejected)
+    return builder
+
+
+def _metrics(stats: dict, gcfg: Config, client) -> dict:
     s = client.stats
     return {
         "kept": stats["kept"],
@@ -320,11 +275,44 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
         "target": gcfg.num_stories,
         "rejected_by_reason": stats["rejected_by_reason"],
         "words_mean": stats["words_per_story"]["mean"],
+        "all_words_share": stats["all_requested_words_share"],
         "near_duplicate_rate": stats["near_duplicate_rate"],
         "backend_calls": s.backend_calls,
         "cache_hits": s.cache_hits,
         "completion_tokens": s.completion_tokens,
         "tokens_per_s": round(s.generated_tokens_live / s.backend_seconds, 2) if s.backend_seconds else None,
         "model": client.model_name,
-        "template_version": template()["version"],
+        "template_version": story_template()["version"],
     }
+
+
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
+    from tinystories.llm import make_client
+
+    gcfg: Config = cfg.generate
+    if gcfg.num_stories == 0:
+        log.info("generate: num_stories is 0, nothing to generate")
+        return {"kept": 0, "skipped": "num_stories is 0"}
+    vocab = _load_vocab(rundir)
+    resume_dataset(
+        rundir, GENERATE_STATE, _fingerprint(cfg, rundir), force, ID_PREFIX,
+        foreign="holds imported stories; generate in a fresh --run-dir or delete the data/ files first",
+        why="generate: config, model, template or vocabulary changed",
+    )
+    base_seed = derive_seed(cfg.seed, NAME)
+    llm_cfg = cfg.llm_for(SECTION)
+    builder = _open_builder(rundir, gcfg, base_seed)
+    pending = _Requests(gcfg, llm_cfg.mode, builder, vocab, base_seed)
+    if gcfg.batch_api:
+        _answer_through_batch(gcfg, llm_cfg, rundir, builder, base_seed, vocab, pending.cap)
+    client = make_client(llm_cfg, rundir.path(LLM_CACHE_DIR))
+    try:
+        pending.ask_until_done(client)
+    finally:
+        builder.close()
+        client.close()
+    if builder.kept < gcfg.num_stories:
+        log.warning("generate: kept %d of %d stories after %d attempts (max_requests)", builder.kept, gcfg.num_stories, len(builder.done))
+    stats = builder.finish(vocab, attempted=len(builder.done))
+    print(stats_table(stats))
+    return _metrics(stats, gcfg, client)

@@ -18,7 +18,7 @@ stopped. With `import_.path` empty the stage does nothing (generation makes the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import itertools
 import json
 import logging
 import re
@@ -26,17 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from tinystories.data.checks import FilterOptions
+from tinystories.data.dataset_writer import DATASET_FILES, DatasetBuilder, batched, resume_dataset
+from tinystories.data.stats import stats_table
 from tinystories.errors import UserError
-from tinystories.data.filters import DATASET, EOS, REJECTED, STATS, STORIES, DatasetBuilder, FilterOptions, batched, reset_if_stale, stats_table
-from tinystories.progress import progress_bar
+from tinystories.io.layout import EOS, IMPORT_STATE, VOCABULARY
 from tinystories.io.rundir import RunDir
+from tinystories.pipeline.ids import derive_seed, fingerprint
+from tinystories.progress import progress_bar
+from tinystories.text.vocabulary import load_vocabulary
 
 NAME = "import"
 SECTION = "import_"
 USES: tuple[str, ...] = ("vocab",)
 
-VOCABULARY = "data/vocabulary.json"
-STATE = "data/.import_state.json"
 ID_PREFIX = "i"
 FORMATS = ("auto", "txt", "jsonl", "shards")
 CHUNK_CHARS = 1 << 20
@@ -52,10 +55,8 @@ class Config(FilterOptions):
     delimiter: str = EOS  # txt: the separator between stories
     limit: int = 0  # import at most the first N stories of the input (0 = all)
     use_vocabulary: bool = True  # measure vocabulary simplicity against data/vocabulary.json (needs the vocab stage)
-    # Defaults that differ from generation: published data is not a raw chat reply, and its
-    # stories may miss a prompt word (compliance is still recorded as words_used).
+    # Defaults that differ from generation: published data is not a raw chat reply.
     min_words: int = 20  # reject stories with fewer words than this
-    require_words: bool = False  # reject stories missing one of their prompt words (when the input has them)
     reject_preamble: bool = False  # reject chat preambles, meta-text and markdown (LLM-reply checks)
 
     def check(self) -> list[str]:
@@ -210,7 +211,7 @@ def inputs(cfg) -> list[str]:
 
 
 def outputs(cfg) -> list[str]:
-    return [STORIES, REJECTED, DATASET, STATS] if cfg.import_.path else []
+    return list(DATASET_FILES) if cfg.import_.path else []
 
 
 def _source_path(icfg: Config) -> Path:
@@ -232,55 +233,60 @@ def _fingerprint(cfg, path: Path) -> str:
         "import": icfg,
         "source": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint(payload)
+
+
+BATCH = 1024  # stories per pass through the checks and dedup
+
+
+def _read_batches(path: Path, icfg: Config) -> Iterator[list[tuple[str, str, dict]]]:
+    """The input's (id, text, provenance) in batches, the first batch already read: a file of the
+    wrong format, without a story or with a bad line among its first stories fails here, before
+    the stage has created, changed or removed anything in the run dir."""
+    batches = batched(_numbered(read_stories(path, icfg), icfg.limit), BATCH)
+    first = next(batches, None)
+    if first is None:
+        raise UserError(f"import_.path {path}: no stories found (format {detect_format(path, icfg.format)}); check the file and import_.format")
+    return itertools.chain([first], batches)
+
+
+def _import_all(builder: DatasetBuilder, batches: Iterator[list[tuple[str, str, dict]]], limit: int) -> int:
+    """Feed the stories not yet kept or rejected through the builder; returns how many were read."""
+    read = 0
+    with progress_bar("import", limit or None, unit="story") as bar:
+        for batch in batches:
+            todo = [
+                {"id": sid, "text": text, **prov}
+                for sid, text, prov in batch
+                if sid not in builder.done  # already kept or rejected before an interruption
+            ]
+            builder.add(todo, format_checks=True)
+            read += len(batch)
+            bar.advance(len(batch), kept=builder.kept)
+    return read
 
 
 def run(cfg, rundir: RunDir, force: bool = False) -> dict:
-    from tinystories.pipeline.config import derive_seed
-
     icfg: Config = cfg.import_
     if not icfg.path:
         log.info("import: import_.path is empty, nothing to import")
         return {"kept": 0, "skipped": "import_.path is empty"}
-    gen = getattr(cfg, "generate", None)
-    if gen is not None and getattr(gen, "num_stories", 0) > 0:
-        raise UserError(
-            f"import_.path is set but generate.num_stories is {gen.num_stories}; both write data/stories.jsonl: "
-            "add --set generate.num_stories=0 to import"
-        )
     path = _source_path(icfg)
-    vocab = None
-    if icfg.use_vocabulary:
-        from tinystories.data.vocab import load_vocabulary
-
-        vocab = load_vocabulary(rundir.path(VOCABULARY))
-    reset_if_stale(
-        rundir, STATE, _fingerprint(cfg, path), ID_PREFIX,
-        changed="import: the input or the filter options changed; starting the import over",
+    batches = _read_batches(path, icfg)  # a bad input is named first: it is what the user must fix either way
+    vocab = load_vocabulary(rundir.path(VOCABULARY)) if icfg.use_vocabulary else None
+    resume_dataset(
+        rundir, IMPORT_STATE, _fingerprint(cfg, path), force, ID_PREFIX,
         foreign="holds generated stories; import into a fresh --run-dir or delete the data/ files first",
+        why="import: the input or the filter options changed",
     )
-
     # Rare fsyncs: an import is cheap to redo, and fsync per 64 lines would dominate its time.
     builder = DatasetBuilder(rundir, icfg, seed=derive_seed(cfg.seed, NAME), sync_every=8192).open()
     if builder.done:
         log.info("import: resuming after %d stories already on disk", len(builder.done))
-    read = 0
     try:
-        stream = read_stories(path, icfg)
-        with progress_bar("import", icfg.limit or None, unit="story") as bar:
-            for batch in batched(_numbered(stream, icfg.limit), 1024):
-                todo = [
-                    {"id": sid, "text": text, **prov}
-                    for sid, text, prov in batch
-                    if sid not in builder.done  # already kept or rejected before an interruption
-                ]
-                builder.add(todo, format_checks=True)
-                read += len(batch)
-                bar.advance(len(batch), kept=builder.kept)
+        read = _import_all(builder, batches, icfg.limit)
     finally:
         builder.close()
-    if read == 0:
-        raise UserError(f"import_.path {path}: no stories found (format {detect_format(path, icfg.format)}); check the file and import_.format")
     stats = builder.finish(vocab, attempted=read)
     print(stats_table(stats))
     return {
@@ -289,6 +295,7 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
         "read": read,
         "rejected_by_reason": stats["rejected_by_reason"],
         "words_mean": stats["words_per_story"]["mean"],
+        "all_words_share": stats["all_requested_words_share"],
         "near_duplicate_rate": stats["near_duplicate_rate"],
         "format": detect_format(path, icfg.format),
     }

@@ -4,9 +4,10 @@
 
 Input: data/stories.jsonl (one story a line: id, story, words {verb, noun, adjective}, features).
 For every story the stage collects four kinds of instruction parts, as in the TinyStoriesInstruct
-data of the paper: the three prompt words, the story's features, one real sentence drawn from
+data of the paper: the prompt words the story really contains (its `words_used`; a story with
+none of them gets no Words part), the story's features, one real sentence drawn from
 the story (seeded) and a one-to-two-sentence summary written by the LLM layer (prompt template
-data/prompts/summary.txt, versioned). Each story yields `sets_per_story` instruction sets, each a
+resources/prompts/summary.txt, versioned, rendered by text/prompts.py). Each story yields `sets_per_story` instruction sets, each a
 random subset of the kinds in random order, rendered one part per line:
 
     Words: jump, ball, happy
@@ -27,7 +28,7 @@ recorded as failed (the story then yields no sets: never a silent gap).
 The stage appends results as they arrive to *.partial files and resumes after a kill: stories
 already written are skipped and summaries already answered come from the LLM cache.
 
-Converting the published data instead (the TinyStoriesInstruct reader, `read_tinystories_instruct`):
+Converting the published data instead (data/instruct_published.py):
 `--set instruct_data.source_path=TinyStoriesInstruct-train.txt` streams that text file (blocks of
 `Features:` / `Words:` / `Summary:` / `Random sentence:` / `Story:` lines separated by
 `<|endoftext|>`) into the same JSONL layout; no LLM is called then.
@@ -35,35 +36,27 @@ Converting the published data instead (the TinyStoriesInstruct reader, `read_tin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
-import re
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+from tinystories.data.instruct_parts import KINDS, Tally, clean_summary, contained_words, draw_sets, features_text, render, story_seed, story_sentences, words_text
+from tinystories.data.instruct_published import convert_published
 from tinystories.errors import UserError
+from tinystories.io.layout import INSTRUCT_FAILED, INSTRUCT_PROGRESS, INSTRUCT_STATS, INSTRUCTIONS, LLM_CACHE_DIR, STORIES
+from tinystories.io.resume import resume_or_reset
+from tinystories.io.rundir import JsonlWriter, read_jsonl, read_jsonl_numbered, sha256_path, write_json
 from tinystories.llm.base import Reject
+from tinystories.pipeline.ids import derive_seed, fingerprint
+from tinystories.text.prompts import summary_prompt, summary_template
 
 NAME = "instruct-data"
 SECTION = "instruct_data"
 USES = ("llm",)
-
-STORIES = "data/stories.jsonl"
-DATASET = "data/instruction_dataset.jsonl"
-FAILED = "data/instruct_failed.jsonl"
-STATS = "data/instruct_stats.json"
-PROGRESS = "data/instruct_progress.json"  # fingerprint of the run the *.partial files belong to
-
-KINDS = ("words", "sentence", "features", "summary")
-LABELS = {"words": "Words", "sentence": "Sentence", "features": "Features", "summary": "Summary"}
-# Header keys of the published TinyStoriesInstruct files -> our kinds.
-PUBLISHED_KEYS = {"words": "words", "features": "features", "summary": "summary", "random sentence": "sentence"}
-ENDOFTEXT = "<|endoftext|>"
 
 log = logging.getLogger("tinystories.data.instruct_data")
 
@@ -118,131 +111,7 @@ def inputs(cfg) -> list[str]:
 
 
 def outputs(cfg) -> list[str]:
-    return [DATASET, FAILED, STATS]
-
-
-# -- the summary prompt and its validator ---------------------------------------------------
-
-
-def load_summary_template() -> tuple[str, str]:
-    """(template text, template version). The version is the file's declared version plus a
-    hash of its text, so an edit that forgets to bump the version still invalidates the cache."""
-    raw = resources.files("tinystories").joinpath("resources/prompts/summary.txt").read_text(encoding="utf-8")
-    version = ""
-    body: list[str] = []
-    for line in raw.splitlines():
-        if line.startswith("#") and not body:
-            m = re.match(r"#\s*version:\s*(\S+)", line)
-            if m:
-                version = m.group(1)
-            continue
-        body.append(line)
-    text = "\n".join(body).strip() + "\n"
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return text, f"{version or 'summary'}-{digest}"
-
-
-_META_START = re.compile(
-    r"^(sure|certainly|of course|okay|ok\b|here is|here's|here are|in this|this is a|as an ai|i can\b|i'm sorry|i am sorry|i cannot|i can't)",
-    re.IGNORECASE,
-)
-_META_WORDS = re.compile(r"\b(story|stories|summary|summaries|summari[sz]e[sd]?)\b", re.IGNORECASE)
-_LABEL = re.compile(r"^\s*(summary|in short)\s*:\s*", re.IGNORECASE)
-
-
-def clean_summary(text: str | None, max_words: int, finish_reason: str | None = None, max_sentences: int = 3) -> str:
-    """The summary as one line, or `Reject` with the reason (the client retries with a fresh seed)."""
-    if finish_reason == "length":
-        raise Reject("truncated: hit summary_max_tokens")
-    text = _LABEL.sub("", (text or "").strip()).strip().strip('"“”').strip()
-    if not text:
-        raise Reject("empty summary")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(lines) > 2:
-        raise Reject(f"too long: {len(lines)} lines (max 2)")
-    one_line = " ".join(lines)
-    n_words = len(one_line.split())
-    if n_words > max_words:
-        raise Reject(f"too long: {n_words} words (max {max_words})")
-    n_sentences = len([x for x in _SPLIT.split(one_line) if x.strip()])
-    if n_sentences > max_sentences:
-        raise Reject(f"too long: {n_sentences} sentences (max {max_sentences})")
-    m = _META_START.match(one_line)
-    if m:
-        raise Reject(f"meta-text: starts with {m.group(0)!r}")
-    m = _META_WORDS.search(one_line)
-    if m:
-        raise Reject(f"meta-text: mentions {m.group(0)!r}")
-    return one_line
-
-
-# -- parts of an instruction ----------------------------------------------------------------
-
-# A sentence ends at . ! or ? (optionally followed by a closing quote) when the next one starts
-# with a capital or an opening quote; `"Hi!" said Tom.` therefore stays one sentence, and so
-# does `Mr. Bob came.`
-_SPLIT = re.compile(r"(?:(?<=[.!?][\"”’'])|(?<=[.!?]))(?<!Mr\.)(?<!Mrs\.)(?<!Ms\.)(?<!Dr\.)(?<!St\.)\s+(?=[\"“A-Z])")
-
-
-def story_sentences(story: str, min_words: int, max_words: int) -> list[str]:
-    """The story's sentences that can stand alone as a Sentence part."""
-    out = []
-    for sent in _SPLIT.split(" ".join(story.split())):
-        sent = sent.strip()
-        if not sent or not re.match(r"[\"“A-Z]", sent) or not re.search(r"[.!?][\"”’']?$", sent):
-            continue
-        if sent.count('"') % 2 or sent.count("“") != sent.count("”"):
-            continue  # a quotation cut in half reads as a fragment
-        if min_words <= len(sent.split()) <= max_words:
-            out.append(sent)
-    return out
-
-
-def words_text(words: Any) -> str:
-    """The prompt words as the paper lists them: verb, noun, adjective (any further keys after)."""
-    if isinstance(words, dict):
-        order = [k for k in ("verb", "noun", "adjective") if words.get(k)] + [k for k in words if k not in ("verb", "noun", "adjective") and words.get(k)]
-        return ", ".join(str(words[k]) for k in order)
-    if isinstance(words, (list, tuple)):
-        return ", ".join(str(w) for w in words if w)
-    return str(words or "").strip()
-
-
-def features_text(features: Any) -> str:
-    if isinstance(features, (list, tuple)):
-        return ", ".join(str(f) for f in features if f)
-    return str(features or "").strip()
-
-
-def render(parts: list[tuple[str, str]]) -> str:
-    """One part a line: `Words: ...`, `Features: ...`, `Sentence: ...`, `Summary: ...`."""
-    return "\n".join(f"{LABELS[kind]}: {value}" for kind, value in parts)
-
-
-def draw_sets(rng: random.Random, available: list[str], ic: Config) -> list[list[str]]:
-    """`sets_per_story` random subsets of the available kinds, each in random order."""
-    min_parts = min(ic.min_parts, len(available))
-    if ic.min_parts > 0 and not available:
-        return []
-    sets: list[list[str]] = []
-    seen: set[tuple[str, ...]] = set()
-    for _ in range(ic.sets_per_story):
-        chosen: list[str] = []
-        for _try in range(20):  # look for a combination this story does not have yet
-            chosen = [k for k in available if rng.random() < ic.probabilities.get(k, 0.5)]
-            missing = [k for k in available if k not in chosen]
-            rng.shuffle(missing)
-            chosen += missing[: max(0, min_parts - len(chosen))]
-            rng.shuffle(chosen)
-            if tuple(sorted(chosen)) not in seen:
-                break
-        seen.add(tuple(sorted(chosen)))
-        sets.append(chosen)
-    return sets
-
-
-def story_seed(seed: int, story_id: Any) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{story_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return [INSTRUCTIONS, INSTRUCT_FAILED, INSTRUCT_STATS]
 
 
 # -- reading data/stories.jsonl ---------------------------------------------------------------
@@ -250,8 +119,6 @@ def story_seed(seed: int, story_id: Any) -> int:
 
 def iter_stories(path: Path, limit: int = 0) -> Iterator[dict]:
     """Stories with their line numbers checked; a torn last line (a kill mid-write) is ignored."""
-    from tinystories.io.rundir import read_jsonl_numbered
-
     seen: set[str] = set()
     n = 0
     for lineno, rec in read_jsonl_numbered(path):
@@ -269,64 +136,56 @@ def iter_stories(path: Path, limit: int = 0) -> Iterator[dict]:
             return
 
 
-# -- statistics -------------------------------------------------------------------------------
-
-
-class Tally:
-    def __init__(self) -> None:
-        self.sets = 0
-        self.stories = 0
-        self.combinations: dict[str, int] = {}
-        self.kinds: dict[str, int] = {}
-        self.parts_per_set: dict[str, int] = {}
-        self.summary_words = 0
-        self.summaries = 0
-
-    def add(self, rec: dict) -> None:
-        self.sets += 1
-        parts = rec["parts"]
-        combo = "+".join(LABELS[k] for k in sorted(parts)) or "(story only)"
-        self.combinations[combo] = self.combinations.get(combo, 0) + 1
-        for k in parts:
-            self.kinds[k] = self.kinds.get(k, 0) + 1
-        n = str(len(parts))
-        self.parts_per_set[n] = self.parts_per_set.get(n, 0) + 1
-        for line in rec["instruction"].splitlines():
-            if line.startswith("Summary: "):
-                self.summaries += 1
-                self.summary_words += len(line.split()) - 1
-
-    def as_dict(self) -> dict:
-        return {
-            "sets": self.sets,
-            "stories_with_sets": self.stories,
-            "combinations": dict(sorted(self.combinations.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "kinds": dict(sorted(self.kinds.items())),
-            "parts_per_set": dict(sorted(self.parts_per_set.items())),
-        }
-
-
 # -- the stage --------------------------------------------------------------------------------
 
 
 def run(cfg, rundir, force: bool = False) -> dict:
-    ic: Config = cfg.instruct_data
-    if ic.source_path:
-        return _convert_published(cfg, rundir)
+    if cfg.instruct_data.source_path:
+        return _metrics(convert_published(cfg, rundir))
     return _build_from_stories(cfg, rundir, force)
 
 
 def _fingerprint(cfg, stories: Path) -> str:
-    from tinystories.io.rundir import sha256_path
-
-    payload = {
+    """Everything that changes what the partial files hold: a change means they are stale."""
+    return fingerprint({
         "instruct_data": asdict(cfg.instruct_data),
         "llm": asdict(cfg.llm_for(SECTION)),
         "seed": cfg.seed,
         "stories": sha256_path(stories),
-        "template": load_summary_template()[1],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        "template": summary_template()[1],
+    })
+
+
+class _Partials:
+    """The *.partial files the stage appends to, and what a resumed run finds in them."""
+
+    def __init__(self, rundir):
+        self.out = Path(str(rundir.path(INSTRUCTIONS)) + ".partial")
+        self.failed = Path(str(rundir.path(INSTRUCT_FAILED)) + ".partial")
+        self.progress = rundir.path(INSTRUCT_PROGRESS)
+        self.tally = Tally()
+        self.done: set[str] = set()
+        self.n_failed = 0
+
+    def resume(self, fingerprint: str, force: bool, sets_per_story: int) -> int:
+        """Continue what belongs to this exact config and input, else start over (cheaply:
+        answered summaries still come from the LLM cache). Returns the stories already done."""
+        resume_or_reset(self.progress, fingerprint, force, [self.out, self.failed])
+        if self.failed.exists():
+            JsonlWriter(self.failed).close()  # cut a torn tail before reading
+            for rec in read_jsonl(self.failed):
+                self.done.add(str(rec["id"]))
+                self.n_failed += 1
+        if self.out.exists():
+            self.done |= _load_partial(self.out, self.tally, sets_per_story)
+        return len(self.done)
+
+    def publish(self, rundir, stats: dict) -> None:
+        """Stats first, then rename the partials into place, then drop the resume marker."""
+        write_json(rundir.path(INSTRUCT_STATS), stats)
+        os.replace(self.failed, rundir.path(INSTRUCT_FAILED))
+        os.replace(self.out, rundir.path(INSTRUCTIONS))
+        self.progress.unlink(missing_ok=True)
 
 
 def _load_partial(path: Path, tally: Tally, sets_per_story: int) -> set[str]:
@@ -363,135 +222,102 @@ def _load_partial(path: Path, tally: Tally, sets_per_story: int) -> set[str]:
     return done
 
 
-def _build_from_stories(cfg, rundir, force: bool) -> dict:
-    from tinystories.pipeline.config import derive_seed
-    from tinystories.io.rundir import JsonlWriter, read_json, read_jsonl, write_json
+def plan_story(rec: dict, ic: Config, seed: int) -> dict:
+    """Everything about one story except its summary, decided by its own seeded RNG."""
+    available = [k for k in KINDS if k in ic.kinds]
+    rng = random.Random(story_seed(seed, rec["id"]))
+    values: dict[str, str] = {}
+    contained, missing = contained_words(rec)
+    if "words" in available and words_text(contained):
+        values["words"] = words_text(contained)
+    if "features" in available and features_text(rec.get("features")):
+        values["features"] = features_text(rec.get("features"))
+    if "sentence" in available:
+        sentences = story_sentences(rec["story"], ic.sentence_min_words, ic.sentence_max_words)
+        if sentences:
+            values["sentence"] = rng.choice(sentences)
+    if "summary" in available and ic.story_summaries and isinstance(rec.get("summary"), str):
+        try:
+            values["summary"] = clean_summary(rec["summary"], ic.summary_max_words, None, ic.summary_max_sentences)
+        except Reject:
+            pass  # the LLM writes one instead
+    kinds = [k for k in KINDS if k in values or (k == "summary" and "summary" in available)]
+    sets = draw_sets(rng, kinds, ic)
+    wants_summary = any("summary" in s for s in sets)
+    return {
+        "rec": rec,
+        "values": values,
+        "sets": sets,
+        "words_missing": missing,
+        "needs_summary": wants_summary and "summary" not in values,
+        "own_summary": wants_summary and "summary" in values,
+        "ready": False,
+        "error": None,
+    }
 
-    ic: Config = cfg.instruct_data
-    seed = derive_seed(cfg.seed, NAME)
-    stories_path = rundir.path(STORIES)
-    if not stories_path.exists():
-        raise UserError(f"instruct-data: missing {stories_path}; run `tinystories generate --run-dir {rundir.root}` first (or set instruct_data.source_path)")
-    out_partial = Path(str(rundir.path(DATASET)) + ".partial")
-    failed_partial = Path(str(rundir.path(FAILED)) + ".partial")
-    progress_path = rundir.path(PROGRESS)
 
-    # Resume only what belongs to this exact config and input; anything else starts over
-    # (cheaply: answered summaries still come from the LLM cache).
-    fingerprint = _fingerprint(cfg, stories_path)
-    resumable = not force and progress_path.exists() and read_json(progress_path).get("fingerprint") == fingerprint
-    if not resumable:
-        out_partial.unlink(missing_ok=True)
-        failed_partial.unlink(missing_ok=True)
-        write_json(progress_path, {"fingerprint": fingerprint})
+class _InOrderWriter:
+    """Plans the stories, asks for the summaries they need and writes the sets in story order.
 
-    tally = Tally()
-    done: set[str] = set()
-    n_failed = 0
-    if failed_partial.exists():
-        JsonlWriter(failed_partial).close()  # cut a torn tail before reading
-        for rec in read_jsonl(failed_partial):
-            done.add(str(rec["id"]))
-            n_failed += 1
-    if out_partial.exists():
-        done |= _load_partial(out_partial, tally, ic.sets_per_story)
-    resumed = len(done)
-    if resumed:
-        log.info("resuming: %d stories already written", resumed)
+    Results are written in story order whatever order the LLM answers in, so the output does
+    not depend on concurrency; answered-but-unwritten summaries survive a kill in the cache.
+    """
 
-    template, template_version = load_summary_template()
-    llm_cfg = cfg.llm_for(SECTION)
-    available_kinds = [k for k in KINDS if k in ic.kinds]
-    counters = {"stories": 0, "no_parts": 0, "no_sentence": 0, "summaries_requested": 0, "story_summaries": 0}
+    def __init__(self, ic: Config, seed: int, mode: str, stories: Path, partials: _Partials):
+        self.ic, self.seed, self.mode, self.stories, self.partials = ic, seed, mode, stories, partials
+        self.pending: dict[str, dict] = {}
+        self.counters = {"stories": 0, "no_parts": 0, "no_sentence": 0, "words_left_out": 0, "summaries_requested": 0, "story_summaries": 0}
+        self.out = JsonlWriter(partials.out)
+        self.failed = JsonlWriter(partials.failed)
 
-    def plan(rec: dict) -> dict:
-        """Everything about one story except its summary, decided by its own seeded RNG."""
-        rng = random.Random(story_seed(seed, rec["id"]))
-        values: dict[str, str] = {}
-        if "words" in available_kinds and words_text(rec.get("words")):
-            values["words"] = words_text(rec.get("words"))
-        if "features" in available_kinds and features_text(rec.get("features")):
-            values["features"] = features_text(rec.get("features"))
-        if "sentence" in available_kinds:
-            sentences = story_sentences(rec["story"], ic.sentence_min_words, ic.sentence_max_words)
-            if sentences:
-                values["sentence"] = rng.choice(sentences)
-        if "summary" in available_kinds and ic.story_summaries and isinstance(rec.get("summary"), str):
-            try:
-                values["summary"] = clean_summary(rec["summary"], ic.summary_max_words, None, ic.summary_max_sentences)
-            except Reject:
-                pass  # the LLM writes one instead
-        kinds = [k for k in KINDS if k in values or (k == "summary" and "summary" in available_kinds)]
-        sets = draw_sets(rng, kinds, ic)
-        wants_summary = any("summary" in s for s in sets)
-        return {
-            "rec": rec,
-            "values": values,
-            "sets": sets,
-            "needs_summary": wants_summary and "summary" not in values,
-            "own_summary": wants_summary and "summary" in values,
-            "ready": False,
-            "error": None,
-        }
+    def close(self) -> None:
+        self.out.close()
+        self.failed.close()
 
-    out = JsonlWriter(out_partial)
-    failed = JsonlWriter(failed_partial)
-    # Results are written in story order whatever order the LLM answers in, so the output does
-    # not depend on concurrency; answered-but-unwritten summaries survive a kill in the cache.
-    pending: dict[str, dict] = {}
+    def count_summaries_needed(self) -> int:
+        """A planning pass: plans are seeded per story, so counting them gives the progress bar
+        its total (and its ETA), and a run that needs no summary never loads an LLM."""
+        if "summary" not in self.ic.kinds:
+            return 0
+        done = self.partials.done
+        return sum(1 for rec in iter_stories(self.stories, self.ic.max_stories) if str(rec["id"]) not in done and plan_story(rec, self.ic, self.seed)["needs_summary"])
 
-    def flush() -> None:
-        nonlocal n_failed
-        while pending:
-            key, entry = next(iter(pending.items()))
-            if not entry["ready"]:
-                return
-            del pending[key]
-            rec = entry["rec"]
-            if entry["error"] is not None:
-                failed.write({"id": rec["id"], "reason": entry["error"], "attempts": entry.get("attempts", 0), "last_reply": (entry.get("text") or "")[:500]})
-                n_failed += 1
-                continue
-            if not entry["sets"]:
-                counters["no_parts"] += 1
-                continue
-            tally.stories += 1
-            for i, kinds in enumerate(entry["sets"]):
-                parts = [(k, entry["values"][k]) for k in kinds]
-                row = {"instruction": render(parts), "story": rec["story"].strip(), "id": rec["id"], "set": i, "parts": kinds}
-                out.write(row)
-                tally.add(row)
-
-    def requests() -> Iterator:
+    def requests(self) -> Iterator:
+        """Plan every story not yet done; write those that need no summary, yield the requests
+        for the others."""
         from tinystories.llm import Request
 
-        for rec in iter_stories(stories_path, ic.max_stories):
-            counters["stories"] += 1
+        ic = self.ic
+        _, template_version = summary_template()
+        for rec in iter_stories(self.stories, ic.max_stories):
+            self.counters["stories"] += 1
             key = str(rec["id"])
-            if key in done:
+            if key in self.partials.done:
                 continue
-            entry = plan(rec)
-            if "sentence" in available_kinds and "sentence" not in entry["values"]:
-                counters["no_sentence"] += 1
-            counters["story_summaries"] += entry["own_summary"]
-            pending[key] = entry
+            entry = plan_story(rec, ic, self.seed)
+            if "sentence" in ic.kinds and "sentence" not in entry["values"]:
+                self.counters["no_sentence"] += 1
+            if "words" in ic.kinds and entry["words_missing"]:
+                self.counters["words_left_out"] += 1
+            self.counters["story_summaries"] += entry["own_summary"]
+            self.pending[key] = entry
             if not entry["needs_summary"]:
                 entry["ready"] = True
-                flush()
+                self.flush()
                 continue
-            prompt = template.replace("{story}", rec["story"].strip())
-            counters["summaries_requested"] += 1
-            common = dict(key=key, max_tokens=ic.summary_max_tokens, temperature=ic.summary_temperature, seed=story_seed(seed + 1, rec["id"]), template_version=template_version)
-            if llm_cfg.mode == "chat":
+            prompt = summary_prompt(rec["story"])
+            self.counters["summaries_requested"] += 1
+            common = dict(key=key, max_tokens=ic.summary_max_tokens, temperature=ic.summary_temperature, seed=story_seed(self.seed + 1, rec["id"]), template_version=template_version)
+            if self.mode == "chat":
                 yield Request(messages=({"role": "user", "content": prompt},), **common)
             else:
                 yield Request(prompt=prompt, stop=("\n\n",), **common)
 
-    def validate(response) -> str:
-        return clean_summary(response.text, ic.summary_max_words, response.finish_reason, ic.summary_max_sentences)
+    def validate(self, response) -> str:
+        return clean_summary(response.text, self.ic.summary_max_words, response.finish_reason, self.ic.summary_max_sentences)
 
-    def on_result(response) -> None:
-        entry = pending[response.key]
+    def on_result(self, response) -> None:
+        entry = self.pending[response.key]
         entry["ready"] = True
         entry["attempts"] = response.attempts
         if response.ok:
@@ -499,63 +325,102 @@ def _build_from_stories(cfg, rundir, force: bool) -> dict:
         else:
             entry["error"] = response.error
             entry["text"] = response.text
-        flush()
+        self.flush()
 
-    # A planning pass first: plans are seeded per story, so counting them gives the progress
-    # bar its total (and its ETA), and a run that needs no summary never loads an LLM.
-    to_summarise = 0
-    if "summary" in available_kinds:
-        to_summarise = sum(1 for rec in iter_stories(stories_path, ic.max_stories) if str(rec["id"]) not in done and plan(rec)["needs_summary"])
-    llm_stats: dict = {}
-    model = None
-    try:
+    def flush(self) -> None:
+        """Write the stories at the head of the queue whose summaries are settled."""
+        tally = self.partials.tally
+        while self.pending:
+            key, entry = next(iter(self.pending.items()))
+            if not entry["ready"]:
+                return
+            del self.pending[key]
+            rec = entry["rec"]
+            if entry["error"] is not None:
+                self.failed.write({"id": rec["id"], "reason": entry["error"], "attempts": entry.get("attempts", 0), "last_reply": (entry.get("text") or "")[:500]})
+                self.partials.n_failed += 1
+                continue
+            if not entry["sets"]:
+                self.counters["no_parts"] += 1
+                continue
+            tally.stories += 1
+            for i, kinds in enumerate(entry["sets"]):
+                parts = [(k, entry["values"][k]) for k in kinds]
+                row = {"instruction": render(parts), "story": rec["story"].strip(), "id": rec["id"], "set": i, "parts": kinds}
+                self.out.write(row)
+                tally.add(row)
+
+    def write_all(self, llm_cfg, cache_dir) -> dict:
+        """Write every story's sets, asking the LLM for the summaries; returns the LLM's usage."""
+        to_summarise = self.count_summaries_needed()
+        usage: dict = {"model": None}
         if to_summarise:
             from tinystories.llm import make_client
 
-            client = make_client(llm_cfg, rundir.path("cache/llm"))
+            client = make_client(llm_cfg, cache_dir)
             try:
-                client.complete(requests(), validate=validate, on_result=on_result, total=to_summarise, description="summaries", collect=False)
-                llm_stats = client.stats.as_dict()
-                model = client.describe()
+                client.complete(self.requests(), validate=self.validate, on_result=self.on_result, total=to_summarise, description="summaries", collect=False)
+                usage = {"model": client.describe(), **client.stats.as_dict()}
             finally:
                 client.close()
         else:
-            for _ in requests():
+            for _ in self.requests():
                 raise RuntimeError("instruct-data: the planning pass and the writing pass disagree about summaries")
-        flush()
-        if pending:
-            raise RuntimeError(f"instruct-data: {len(pending)} stories got no answer from the LLM client")
-    finally:
-        out.close()
-        failed.close()
+        self.flush()
+        if self.pending:
+            raise RuntimeError(f"instruct-data: {len(self.pending)} stories got no answer from the LLM client")
+        return usage
 
+
+def _check_written(writer: _InOrderWriter, rundir, stories: Path) -> None:
+    counters, partials = writer.counters, writer.partials
     if counters["stories"] == 0:
-        raise UserError(f"instruct-data: {stories_path} holds no stories; run `tinystories generate --run-dir {rundir.root}` (or import) first")
-    if tally.sets == 0:
+        raise UserError(f"instruct-data: {stories} holds no stories; run `tinystories generate --run-dir {rundir.root}` (or import) first")
+    if partials.tally.sets == 0:
         raise UserError(
-            f"instruct-data: no instruction set was written from {stories_path} "
-            f"({counters['stories']} stories, {n_failed} failed summaries, {counters['no_parts']} without usable parts); "
-            f"see {rundir.path(FAILED)}.partial and the llm settings"
+            f"instruct-data: no instruction set was written from {stories} "
+            f"({counters['stories']} stories, {partials.n_failed} failed summaries, {counters['no_parts']} without usable parts); "
+            f"see {partials.failed} and the llm settings"
         )
-    stats = {
+
+
+def _build_stats(writer: _InOrderWriter, resumed: int, usage: dict) -> dict:
+    counters, tally = writer.counters, writer.partials.tally
+    return {
         "source": "stories",
         "stories_read": counters["stories"],
         "resumed_stories": resumed,
-        "failed_summaries": n_failed,
+        "failed_summaries": writer.partials.n_failed,
         "stories_without_parts": counters["no_parts"],
         "stories_without_sentence": counters["no_sentence"],
+        "stories_words_left_out": counters["words_left_out"],  # stories lacking some prompt words: their Words part lists only the others (none: no Words part)
         "summaries_requested": counters["summaries_requested"],
         "summaries_from_stories": counters["story_summaries"],
         "summary_words_mean": round(tally.summary_words / tally.summaries, 2) if tally.summaries else None,
-        "template_version": template_version,
-        "llm": {"model": model, **llm_stats},
+        "template_version": summary_template()[1],
+        "llm": usage,
         **tally.as_dict(),
     }
-    # Finish: stats first, then rename the partials into place, then drop the resume marker.
-    write_json(rundir.path(STATS), stats)
-    os.replace(failed_partial, rundir.path(FAILED))
-    os.replace(out_partial, rundir.path(DATASET))
-    progress_path.unlink(missing_ok=True)
+
+
+def _build_from_stories(cfg, rundir, force: bool) -> dict:
+    ic: Config = cfg.instruct_data
+    stories = rundir.path(STORIES)
+    if not stories.exists():
+        raise UserError(f"instruct-data: missing {stories}; run `tinystories generate --run-dir {rundir.root}` first (or set instruct_data.source_path)")
+    partials = _Partials(rundir)
+    resumed = partials.resume(_fingerprint(cfg, stories), force, ic.sets_per_story)
+    if resumed:
+        log.info("resuming: %d stories already written", resumed)
+    llm_cfg = cfg.llm_for(SECTION)
+    writer = _InOrderWriter(ic, derive_seed(cfg.seed, NAME), llm_cfg.mode, stories, partials)
+    try:
+        usage = writer.write_all(llm_cfg, rundir.path(LLM_CACHE_DIR))
+    finally:
+        writer.close()
+    _check_written(writer, rundir, stories)
+    stats = _build_stats(writer, resumed, usage)
+    partials.publish(rundir, stats)
     return _metrics(stats)
 
 
@@ -567,105 +432,3 @@ def _metrics(stats: dict) -> dict:
         if k in llm:
             out[f"llm_{k}"] = llm[k]
     return out
-
-
-# -- the published TinyStoriesInstruct layout -----------------------------------------------------
-
-
-def read_tinystories_instruct(path: str | os.PathLike, limit: int = 0) -> Iterator[dict]:
-    """Stream the published TinyStoriesInstruct text file as instruction records.
-
-    Layout: blocks separated by `<|endoftext|>`; each block has header lines `Features: ...`,
-    `Words: ...`, `Summary: ...`, `Random sentence: ...` (any subset, any order) and then
-    `Story:` followed by the story (the rest of that line and all lines up to the delimiter).
-    Yields {"instruction", "story", "id" (block index), "set": 0, "parts"}; blank blocks are
-    skipped; a block without a story, or a header we do not know, is a UserError naming the line.
-    """
-    path = Path(path)
-    block_index = 0
-    header: list[tuple[str, str]] = []
-    story_lines: list[str] | None = None
-    start_line = 1
-    emitted = 0
-
-    def finish(lineno: int) -> dict | None:
-        nonlocal header, story_lines, block_index, start_line
-        rec = None
-        if story_lines is None:
-            if header:
-                raise UserError(f"{path}:{start_line}: block has {LABELS[header[0][0]]}: but no 'Story:' line before {ENDOFTEXT} (line {lineno})")
-        else:
-            story = "\n".join(story_lines).strip()
-            if not story:
-                raise UserError(f"{path}:{start_line}: block has an empty 'Story:'; remove the block or add its text")
-            rec = {"instruction": render(header), "story": story, "id": block_index, "set": 0, "parts": [k for k, _ in header]}
-            block_index += 1
-        header, story_lines, start_line = [], None, lineno + 1
-        return rec
-
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            lineno = 0
-            for lineno, line in enumerate(fh, 1):
-                line = line.rstrip("\n").rstrip("\r")
-                pieces = line.split(ENDOFTEXT)
-                for i, piece in enumerate(pieces):
-                    if i > 0:  # a delimiter ended the block
-                        rec = finish(lineno)
-                        if rec is not None:
-                            yield rec
-                            emitted += 1
-                            if limit and emitted >= limit:
-                                return
-                    if story_lines is not None:
-                        story_lines.append(piece)
-                        continue
-                    text = piece.strip()
-                    if not text:
-                        if not header:
-                            start_line = lineno + 1
-                        continue
-                    key, sep, value = text.partition(":")
-                    key_l = key.strip().lower()
-                    if sep and key_l == "story":
-                        story_lines = [value]
-                    elif sep and key_l in PUBLISHED_KEYS:
-                        kind = PUBLISHED_KEYS[key_l]
-                        if any(k == kind for k, _ in header):
-                            raise UserError(f"{path}:{lineno}: second {key.strip()}: line in one block; separate stories with {ENDOFTEXT}")
-                        header.append((kind, " ".join(value.split())))
-                    else:
-                        raise UserError(
-                            f"{path}:{lineno}: expected 'Features:', 'Words:', 'Summary:', 'Random sentence:' or 'Story:', got {text[:60]!r}; "
-                            "is this a TinyStoriesInstruct file?"
-                        )
-            rec = finish(lineno)  # the last block may lack a trailing delimiter
-            if rec is not None:
-                yield rec
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); convert the file to UTF-8") from None
-
-
-def _convert_published(cfg, rundir) -> dict:
-    from tinystories.progress import progress_bar
-    from tinystories.io.rundir import atomic_path, write_json, write_text
-
-    ic: Config = cfg.instruct_data
-    source = Path(ic.source_path).expanduser()
-    if not source.is_file():
-        raise UserError(f"instruct_data.source_path: {source} is not a file; point it at a TinyStoriesInstruct .txt or leave it empty")
-    tally = Tally()
-    with atomic_path(rundir.path(DATASET)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        with progress_bar("convert", total=ic.max_stories or None, unit="story") as bar:
-            for rec in read_tinystories_instruct(source, ic.max_stories):
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                tally.add(rec)
-                tally.stories += 1
-                bar.advance(1)
-    if tally.sets == 0:
-        rundir.path(DATASET).unlink(missing_ok=True)
-        raise UserError(f"instruct_data.source_path: {source} holds no story blocks; expected blocks ending in {ENDOFTEXT}")
-    write_text(rundir.path(FAILED), "")
-    stats = {"source": "tinystories_instruct", "source_path": str(source.resolve()), "blocks": tally.sets, **tally.as_dict()}
-    write_json(rundir.path(STATS), stats)
-    return _metrics(stats)

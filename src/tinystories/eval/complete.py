@@ -6,9 +6,9 @@ Models: each pretrain/<size> of the config (kind "base"), each sft/<size> (kind 
 the optional `complete.baselines` (kind "baseline"): a Hugging Face causal LM directory on disk,
 or "embedded", the LLM layer's embedded model in completion mode.
 
-Prompts (src/tinystories/data/evaluation_prompts.json, or `complete.prompts_path` with the same
-shape): story beginnings that stop mid-sentence, and instructions in the instruct format
-("Words: ...\\nFeatures: ..."). Who gets what, and why:
+Prompts (src/tinystories/resources/evaluation_prompts.json, or `complete.prompts_path` with the
+same shape; read and checked by eval/prompt_set.py): story beginnings that stop mid-sentence,
+and instructions in the instruct format ("Words: ...\\nFeatures: ..."). Who gets what, and why:
 - base and baseline models continue every beginning (task "continue"); the prompt is the
   end-of-text token followed by the beginning, because in training every story follows one.
 - instruct models get every instruction in the SFT format (task "instruct",
@@ -36,26 +36,27 @@ text) and drops rows whose fingerprint no longer matches.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tinystories.errors import UserError
+from tinystories.eval.prompt_set import load_prompts
+from tinystories.io.layout import COMPLETIONS, EVAL_MODELS, LLM_CACHE_DIR
+from tinystories.io.resume import keep_rows
+from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, sha256_path, write_json
+from tinystories.pipeline.ids import derive_seed, fingerprint
 from tinystories.text.prompts import instruction_prompt
-from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, sha256_path, write_json, write_text
 
 NAME = "complete"
 SECTION = "complete"
-USES = ("llm",)  # only the "embedded" baseline uses it; a change reruns the stage, and unchanged rows are kept
+# llm: only the "embedded" baseline uses it (a change reruns the stage; unchanged rows are kept).
+# pretrain, sft: with complete.models empty, every size they train is completed.
+USES = ("llm", "pretrain", "sft")
 
-COMPLETIONS = "eval/completions.jsonl"
-MODELS = "eval/models.json"
-PROMPTS_SHAPE = '{"version": ..., "beginnings": [{"id": ..., "text": ...}], "instructions": [{"id": ..., "instruction": ..., "words": [...]}]}'
+BASELINE_TEMPLATE_VERSION = "complete-baseline-1"  # the embedded baseline's prompt is the raw beginning
 
 log = logging.getLogger("tinystories.eval.complete")
 
@@ -97,63 +98,6 @@ class Config:
         return problems
 
 
-# -- prompts -----------------------------------------------------------------------------------
-
-
-def load_prompts(path: str | Path | None = None) -> dict:
-    """Read and validate a prompts file; every problem is a one-line UserError naming the entry."""
-    if path:
-        p = Path(path)
-        where = str(p)
-        if not p.exists():
-            raise UserError(f"complete.prompts_path {p}: file not found; give a JSON file shaped {PROMPTS_SHAPE}")
-        text = p.read_text(encoding="utf-8")
-    else:
-        where = "built-in evaluation_prompts.json"
-        text = resources.files("tinystories").joinpath("resources/evaluation_prompts.json").read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: line {exc.lineno}: not valid JSON ({exc.msg}); fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected an object shaped {PROMPTS_SHAPE}")
-    unknown = sorted(set(data) - {"version", "beginnings", "instructions", "description"})
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; expected version, beginnings, instructions")
-    beginnings = data.get("beginnings", [])
-    instructions = data.get("instructions", [])
-    if not isinstance(beginnings, list) or not isinstance(instructions, list):
-        raise UserError(f"{where}: beginnings and instructions must be lists")
-    if not beginnings and not instructions:
-        raise UserError(f"{where}: no prompts; add at least one entry to beginnings or instructions")
-    seen: set[str] = set()
-    for section, text_key in (("beginnings", "text"), ("instructions", "instruction")):
-        for i, entry in enumerate(data.get(section, [])):
-            at = f"{where}: {section}[{i}]"
-            if not isinstance(entry, dict):
-                raise UserError(f"{at}: expected an object with id and {text_key}")
-            extra = sorted(set(entry) - {"id", text_key, "words"})
-            if extra:
-                raise UserError(f"{at}: unknown key(s) {', '.join(extra)}; allowed: id, {text_key}" + (", words" if section == "instructions" else ""))
-            pid = entry.get("id")
-            if not isinstance(pid, str) or not pid.strip() or any(c in pid for c in "|\n"):
-                raise UserError(f"{at}: id must be a non-empty string without '|' or newlines")
-            if pid in seen:
-                raise UserError(f"{at}: duplicate id {pid!r}; ids must be unique across beginnings and instructions")
-            seen.add(pid)
-            body = entry.get(text_key)
-            if not isinstance(body, str) or not body.strip():
-                raise UserError(f"{at} ({pid}): {text_key} must be non-empty text")
-            words = entry.get("words", [])
-            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                raise UserError(f"{at} ({pid}): words must be a list of strings")
-    return {
-        "version": str(data.get("version", "")),
-        "beginnings": [{"id": b["id"], "text": b["text"]} for b in beginnings],
-        "instructions": [{"id": x["id"], "instruction": x["instruction"], "words": list(x.get("words", []))} for x in instructions],
-    }
-
-
 # -- models ------------------------------------------------------------------------------------
 
 
@@ -165,13 +109,13 @@ class ModelSpec:
 
 
 def _sft_dirs(cfg) -> list[str]:
-    """sft/<name> for every checkpoint the sft stage of this config writes (its own outputs())."""
+    """sft/<name> for every checkpoint the sft stage of this config writes."""
     if getattr(cfg, "sft", None) is None:
         return []
-    from tinystories.train import sft
+    from tinystories.train.checkpoints import sft_dirs
 
     try:
-        return [p for p in sft.outputs(cfg) if p.startswith("sft/")]
+        return sft_dirs(cfg)
     except UserError:
         return []  # sft has nothing to tune in this config: no instruct model to complete
 
@@ -183,9 +127,10 @@ def model_specs(cfg) -> list[ModelSpec]:
         for m in c.models:
             specs.append(ModelSpec(m, "base" if m.startswith("pretrain/") else "instruct", m))
     else:
-        pre = getattr(cfg, "pretrain", None)
-        for size in getattr(pre, "sizes", []) or []:
-            specs.append(ModelSpec(f"pretrain/{size}", "base", f"pretrain/{size}"))
+        from tinystories.train.checkpoints import pretrain_dirs
+
+        for rel in pretrain_dirs(cfg):
+            specs.append(ModelSpec(rel, "base", rel))
         for rel in _sft_dirs(cfg):
             specs.append(ModelSpec(rel, "instruct", rel))
     for b in c.baselines:
@@ -202,16 +147,7 @@ def inputs(cfg) -> list[str]:
 
 
 def outputs(cfg) -> list[str]:
-    return [COMPLETIONS, MODELS]
-
-
-def _seed(stage_seed: int, *parts: Any) -> int:
-    blob = "|".join(str(p) for p in (stage_seed, *parts)).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & 0x7FFFFFFFFFFFFFFF
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return [COMPLETIONS, EVAL_MODELS]
 
 
 def _device(name: str):
@@ -255,7 +191,7 @@ def _eos_id(model, tokenizer) -> int | None:
     return eos
 
 
-# -- the stage ---------------------------------------------------------------------------------
+# -- the plan and its fingerprints -------------------------------------------------------------
 
 
 def _plan(spec: ModelSpec, prompts: dict, c: Config) -> list[dict]:
@@ -270,145 +206,180 @@ def _plan(spec: ModelSpec, prompts: dict, c: Config) -> list[dict]:
     return plan
 
 
-def _load_done(path: Path, fingerprints: dict[str, str]) -> set[tuple]:
-    """Keys already written with the current fingerprint; stale rows are dropped (atomic rewrite)."""
-    if not path.exists():
-        return set()
-    keep, stale = [], 0
-    seen: set[tuple] = set()
-    for rec in read_jsonl(path):
-        key = (rec.get("model"), rec.get("prompt_id"), rec.get("sample_id"))
-        if fingerprints.get(f"{rec.get('model')}|{rec.get('prompt_id')}") != rec.get("fingerprint") or key in seen:
-            stale += 1
-            continue
-        seen.add(key)
-        keep.append(rec)
-    if stale:
-        log.info("dropping %d completions made with other settings or duplicated", stale)
-        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
-    return seen
+def sample_seed(stage_seed: int, model: str, prompt_id: str, sample_id: int, bits: int = 63) -> int:
+    """The seed of one (model, prompt, sample): the same whatever batch, or run, it lands in."""
+    return derive_seed(stage_seed, model, prompt_id, sample_id, bits=bits)
 
 
-def run(cfg, rundir: RunDir, force: bool = False) -> dict:
-    from tinystories.pipeline.config import derive_seed
-    from tinystories.progress import progress_bar
+def _model_path(rundir: RunDir, spec: ModelSpec) -> Path:
+    return rundir.path(spec.path) if spec.kind != "baseline" else Path(spec.path)
 
-    c: Config = cfg.complete
-    prompts = load_prompts(c.prompts_path or None)
-    specs = model_specs(cfg)
+
+def _check_baselines(specs: list[ModelSpec]) -> None:
     if not specs:
         raise UserError("complete: no models to complete; train one (tinystories pretrain) or list complete.models / complete.baselines")
     for spec in specs:
         if spec.path != "embedded" and spec.kind == "baseline" and not Path(spec.path).exists():
             raise UserError(f"complete.baselines: {spec.path} does not exist; give a HF causal LM directory or 'embedded'")
-    stage_seed = derive_seed(cfg.seed, NAME)
-    sampling = {"temperature": c.temperature, "top_p": c.top_p, "max_new_tokens": c.max_new_tokens}
 
-    # Fingerprint per (model, prompt): what the model is (weights hash / LLM settings), how it
-    # samples, and the exact prompt text; a row made under another fingerprint is stale.
-    identities: dict[str, Any] = {}
-    plans: dict[str, list[dict]] = {}
-    fingerprints: dict[str, str] = {}
-    for spec in specs:
-        if spec.path == "embedded":
-            llm_cfg = _baseline_llm(cfg)
-            identities[spec.name] = {"llm": asdict(llm_cfg)}
-        else:
-            identities[spec.name] = {"weights": sha256_path(rundir.path(spec.path) if spec.kind != "baseline" else Path(spec.path))}
-        plans[spec.name] = _plan(spec, prompts, c)
-        for item in plans[spec.name]:
-            fingerprints[f"{spec.name}|{item['prompt_id']}"] = _fingerprint(identities[spec.name], sampling, item["task"], item["prompt"])
 
-    out_path = rundir.path(COMPLETIONS)
-    done = _load_done(out_path, fingerprints)
-    total = sum(len(plans[s.name]) * c.samples for s in specs)
-    todo_total = total - sum(1 for k in done if f"{k[0]}|{k[1]}" in fingerprints)
-    models_info: dict[str, dict] = {}
-    counters = {"written": 0, "tokens": 0, "eos": 0}
-    per_model: dict[str, dict] = {}
-    t_start = time.time()
-    with JsonlWriter(out_path, sync_every=64) as writer, progress_bar("complete", todo_total, unit="story") as bar:
-        for spec in specs:
-            todo = [
-                (item, k)
-                for item in plans[spec.name]
-                for k in range(c.samples)
-                if (spec.name, item["prompt_id"], k) not in done
-            ]
-            t0 = time.time()
-            info = {"kind": spec.kind, "path": spec.path, **sampling, "samples": c.samples}
-            stats = {"completions": 0, "tokens": 0}
+def model_identity(cfg, rundir: RunDir, spec: ModelSpec) -> dict:
+    """What the model is: the hash of its weights, or the LLM settings of the embedded baseline."""
+    if spec.path == "embedded":
+        return {"llm": asdict(_baseline_llm(cfg))}
+    return {"weights": sha256_path(_model_path(rundir, spec))}
 
-            def emit(item: dict, k: int, seed: int, text: str, prompt_tokens: int, new_tokens: int, at_eos: bool, truncated: bool) -> None:
-                rec = {
-                    "model": spec.name,
-                    "kind": spec.kind,
-                    "task": item["task"],
-                    "prompt_id": item["prompt_id"],
-                    "sample_id": k,
-                    "prompt": item["prompt"],
-                    "text": text,
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": new_tokens,
-                    "stopped_at_eos": at_eos,
-                    "prompt_truncated": truncated,
-                    "seed": seed,
-                    "fingerprint": fingerprints[f"{spec.name}|{item['prompt_id']}"],
-                }
-                if item.get("words"):
-                    rec["words"] = item["words"]
-                writer.write(rec)
-                counters["written"] += 1
-                counters["tokens"] += new_tokens
-                counters["eos"] += int(at_eos)
-                stats["completions"] += 1
-                stats["tokens"] += new_tokens
-                bar.advance(1, model=spec.name, tok_s=f"{counters['tokens'] / max(1e-9, time.time() - t_start):.0f}")
 
-            if spec.path == "embedded":
-                info.update(_complete_embedded(cfg, spec, todo, stage_seed, emit, rundir))
-            else:
-                info.update(_complete_hf(cfg, spec, todo, stage_seed, emit, rundir))
-            wall = time.time() - t0
-            info["weights_sha256"] = identities[spec.name].get("weights")
-            models_info[spec.name] = info
-            per_model[spec.name] = {**stats, "wall_s": round(wall, 3), "tok_s": round(stats["tokens"] / wall, 1) if wall > 0 and stats["tokens"] else 0.0}
+def _prompt_key(model: str | None, prompt_id: str | None) -> str:
+    return f"{model}|{prompt_id}"
 
-    # Counts from the file itself, so a resumed run reports the whole set, not only this session.
-    counts: dict[str, int] = {}
-    for rec in read_jsonl(out_path):
-        counts[rec["model"]] = counts.get(rec["model"], 0) + 1
-    for name, n in counts.items():
-        models_info.setdefault(name, {})["completions"] = n
-    write_json(rundir.path(MODELS), {"prompts_version": prompts["version"], "prompts_source": c.prompts_path or "built-in", "models": models_info})
+
+def plan_fingerprints(identities: dict[str, dict], plans: dict[str, list[dict]], sampling: dict) -> dict[str, str]:
+    """Per (model, prompt): what the model is, how it samples, and the exact prompt text; a row
+    made under another fingerprint is stale."""
     return {
-        "completions": sum(counts.values()),
-        "written_now": counters["written"],
-        "generated_tokens_now": counters["tokens"],
-        "stopped_at_eos_now": counters["eos"],
-        "models": len(specs),
-        "per_model": per_model,
+        _prompt_key(name, item["prompt_id"]): fingerprint(identities[name], sampling, item["task"], item["prompt"], length=16)
+        for name, plan in plans.items()
+        for item in plan
     }
 
 
-def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir: RunDir) -> dict:
-    import torch
+def resume_completions(path: Path, fingerprints: dict[str, str]) -> set[tuple]:
+    """(model, prompt_id, sample_id) already written with the current fingerprint; stale and
+    duplicated rows are dropped (atomic rewrite)."""
+    seen: set[tuple] = set()
 
-    from tinystories.eval.sampler import iter_generate
+    def keep(rec: dict) -> bool:
+        key = (rec.get("model"), rec.get("prompt_id"), rec.get("sample_id"))
+        if fingerprints.get(_prompt_key(rec.get("model"), rec.get("prompt_id"))) != rec.get("fingerprint") or key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    _, dropped = keep_rows(path, keep)
+    if dropped:
+        log.info("dropping %d completions made with other settings or duplicated", dropped)
+    return seen
+
+
+# -- writing rows ------------------------------------------------------------------------------
+
+
+class CompletionRecorder:
+    """Appends completion rows as the samplers produce them, and counts them: in all, and per model."""
+
+    def __init__(self, writer: JsonlWriter, bar, fingerprints: dict[str, str]):
+        self.writer = writer
+        self.bar = bar
+        self.fingerprints = fingerprints
+        self.totals = {"written": 0, "tokens": 0, "eos": 0}
+        self.per_model: dict[str, dict] = {}
+        self._t_start = time.time()
+
+    def emitter(self, spec: ModelSpec) -> Callable:
+        """The `emit(item, k, seed, text, prompt_tokens, new_tokens, at_eos, truncated)` a sampler calls for `spec`."""
+        stats = self.per_model.setdefault(spec.name, {"completions": 0, "tokens": 0})
+
+        def emit(item: dict, k: int, seed: int, text: str, prompt_tokens: int, new_tokens: int, at_eos: bool, truncated: bool) -> None:
+            rec = {
+                "model": spec.name,
+                "kind": spec.kind,
+                "task": item["task"],
+                "prompt_id": item["prompt_id"],
+                "sample_id": k,
+                "prompt": item["prompt"],
+                "text": text,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": new_tokens,
+                "stopped_at_eos": at_eos,
+                "prompt_truncated": truncated,
+                "seed": seed,
+                "fingerprint": self.fingerprints[_prompt_key(spec.name, item["prompt_id"])],
+            }
+            if item.get("words"):
+                rec["words"] = item["words"]
+            self.writer.write(rec)
+            self.totals["written"] += 1
+            self.totals["tokens"] += new_tokens
+            self.totals["eos"] += int(at_eos)
+            stats["completions"] += 1
+            stats["tokens"] += new_tokens
+            self.bar.advance(1, model=spec.name, tok_s=f"{self.totals['tokens'] / max(1e-9, time.time() - self._t_start):.0f}")
+
+        return emit
+
+    def model_done(self, name: str, wall: float) -> None:
+        stats = self.per_model[name]
+        stats["wall_s"] = round(wall, 3)
+        stats["tok_s"] = round(stats["tokens"] / wall, 1) if wall > 0 and stats["tokens"] else 0.0
+
+
+def complete_model(cfg, rundir: RunDir, spec: ModelSpec, todo: list, stage_seed: int, recorder: CompletionRecorder, sampling: dict, identity: dict) -> dict:
+    """Sample the (item, sample_id) pairs of `todo` from one model; returns its eval/models.json entry."""
+    c: Config = cfg.complete
+    t0 = time.time()
+    info = {"kind": spec.kind, "path": spec.path, **sampling, "samples": c.samples}
+    sample = _complete_embedded if spec.path == "embedded" else _complete_hf
+    info.update(sample(cfg, spec, todo, stage_seed, recorder.emitter(spec), rundir))
+    info["weights_sha256"] = identity.get("weights")
+    recorder.model_done(spec.name, time.time() - t0)
+    return info
+
+
+def count_rows(path: Path) -> dict[str, int]:
+    """Completions per model in the file itself, so a resumed run reports the whole set, not only this session."""
+    counts: dict[str, int] = {}
+    for rec in read_jsonl(path):
+        counts[rec["model"]] = counts.get(rec["model"], 0) + 1
+    return counts
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+
+def run(cfg, rundir: RunDir, force: bool = False) -> dict:
+    from tinystories.progress import progress_bar
 
     c: Config = cfg.complete
-    path = rundir.path(spec.path) if spec.kind != "baseline" else Path(spec.path)
-    device = _device(c.device)
-    model, tokenizer = load_causal_lm(path, device)
-    eos = _eos_id(model, tokenizer)
-    if eos is None:
-        raise UserError(f"{path}: the tokenizer has no eos token; completions could never stop (set eos_token in tokenizer_config.json)")
-    params = sum(p.numel() for p in model.parameters())
-    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    info = {"params": params, "params_non_embedding": params - emb, "eos_token_id": eos, "device": str(device)}
-    if not todo:
-        return info
-    start = tokenizer.bos_token_id if spec.kind == "baseline" and tokenizer.bos_token_id is not None else eos
+    prompts = load_prompts(c.prompts_path or None)
+    specs = model_specs(cfg)
+    _check_baselines(specs)
+    stage_seed = derive_seed(cfg.seed, NAME)
+    sampling = {"temperature": c.temperature, "top_p": c.top_p, "max_new_tokens": c.max_new_tokens}
+    identities = {spec.name: model_identity(cfg, rundir, spec) for spec in specs}
+    plans = {spec.name: _plan(spec, prompts, c) for spec in specs}
+    fingerprints = plan_fingerprints(identities, plans, sampling)
+
+    out_path = rundir.path(COMPLETIONS)
+    done = resume_completions(out_path, fingerprints)
+    total = sum(len(plans[s.name]) * c.samples for s in specs)
+    todo_total = total - sum(1 for model, prompt_id, _ in done if _prompt_key(model, prompt_id) in fingerprints)
+    models_info: dict[str, dict] = {}
+    with JsonlWriter(out_path, sync_every=64) as writer, progress_bar("complete", todo_total, unit="story") as bar:
+        recorder = CompletionRecorder(writer, bar, fingerprints)
+        for spec in specs:
+            todo = [(item, k) for item in plans[spec.name] for k in range(c.samples) if (spec.name, item["prompt_id"], k) not in done]
+            models_info[spec.name] = complete_model(cfg, rundir, spec, todo, stage_seed, recorder, sampling, identities[spec.name])
+
+    counts = count_rows(out_path)
+    for name, n in counts.items():
+        models_info.setdefault(name, {})["completions"] = n
+    write_json(rundir.path(EVAL_MODELS), {"prompts_version": prompts["version"], "prompts_source": c.prompts_path or "built-in", "models": models_info})
+    return {
+        "completions": sum(counts.values()),
+        "written_now": recorder.totals["written"],
+        "generated_tokens_now": recorder.totals["tokens"],
+        "stopped_at_eos_now": recorder.totals["eos"],
+        "models": len(specs),
+        "per_model": recorder.per_model,
+    }
+
+
+# -- the samplers: our checkpoints and any HF causal LM, or the LLM layer's embedded model -------
+
+
+def _encode_prompts(tokenizer, spec: ModelSpec, todo: list, start: int) -> dict[str, list[int]]:
+    """Token ids per prompt id, framed as the model saw text in training."""
     encoded: dict[str, list[int]] = {}
     for item, _ in todo:
         if item["prompt_id"] in encoded:
@@ -423,7 +394,33 @@ def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir
             # In training every story follows an <|endoftext|>: the beginning does too here.
             ids = [start] + tokenizer(item["prompt"], add_special_tokens=False).input_ids
         encoded[item["prompt_id"]] = ids
-    seeds = [_seed(stage_seed, spec.name, item["prompt_id"], k) for item, k in todo]
+    return encoded
+
+
+def _parameter_counts(model) -> dict:
+    import torch
+
+    params = sum(p.numel() for p in model.parameters())
+    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return {"params": params, "params_non_embedding": params - emb}
+
+
+def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir: RunDir) -> dict:
+    from tinystories.eval.sampler import iter_generate
+
+    c: Config = cfg.complete
+    path = _model_path(rundir, spec)
+    device = _device(c.device)
+    model, tokenizer = load_causal_lm(path, device)
+    eos = _eos_id(model, tokenizer)
+    if eos is None:
+        raise UserError(f"{path}: the tokenizer has no eos token; completions could never stop (set eos_token in tokenizer_config.json)")
+    info = {**_parameter_counts(model), "eos_token_id": eos, "device": str(device)}
+    if not todo:
+        return info
+    start = tokenizer.bos_token_id if spec.kind == "baseline" and tokenizer.bos_token_id is not None else eos
+    encoded = _encode_prompts(tokenizer, spec, todo, start)
+    seeds = [sample_seed(stage_seed, spec.name, item["prompt_id"], k) for item, k in todo]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     for gen in iter_generate(
         model,
@@ -446,21 +443,15 @@ def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir
 def _baseline_llm(cfg):
     import dataclasses
 
-    llm_cfg = cfg.llm_for("complete")
+    llm_cfg = cfg.llm_for(SECTION)
     # The baseline continues raw text, like our models: completion mode whatever the root says.
     return dataclasses.replace(llm_cfg, mode="completion")
 
 
-def _complete_embedded(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir: RunDir) -> dict:
-    from tinystories.llm import Request, make_client
+def _embedded_requests(c: Config, spec: ModelSpec, todo: list, stage_seed: int) -> list:
+    """One request per (item, sample_id) of `todo`, keyed by its position there."""
+    from tinystories.llm import Request
 
-    c: Config = cfg.complete
-    llm_cfg = _baseline_llm(cfg)
-    client = make_client(llm_cfg, rundir.path("cache/llm"))
-    info = {"llm": client.describe()}
-    if not todo:
-        client.close()
-        return info
     requests = []
     for i, (item, k) in enumerate(todo):
         prompt = instruction_prompt(item["prompt"]) if item["task"] == "instruct" else item["prompt"]
@@ -471,11 +462,21 @@ def _complete_embedded(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, 
                 max_tokens=c.max_new_tokens,
                 temperature=c.temperature,
                 top_p=c.top_p,
-                seed=_seed(stage_seed, spec.name, item["prompt_id"], k) & 0x7FFFFFFF,
-                template_version="complete-baseline-1",
+                seed=sample_seed(stage_seed, spec.name, item["prompt_id"], k, bits=31),  # the LLM layer takes 31-bit seeds
+                template_version=BASELINE_TEMPLATE_VERSION,
             )
         )
+    return requests
 
+
+def _complete_embedded(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir: RunDir) -> dict:
+    from tinystories.llm import make_client
+
+    client = make_client(_baseline_llm(cfg), rundir.path(LLM_CACHE_DIR))
+    info = {"llm": client.describe()}
+    if not todo:
+        client.close()
+        return info
     failures: list[str] = []
 
     def on_result(resp) -> None:
@@ -485,6 +486,7 @@ def _complete_embedded(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, 
             return
         emit(item, k, resp.seed, resp.text, resp.prompt_tokens, resp.completion_tokens, resp.finish_reason == "stop", False)
 
+    requests = _embedded_requests(cfg.complete, spec, todo, stage_seed)
     try:
         client.complete(requests, on_result=on_result, collect=False, total=len(requests), description="complete embedded")
     finally:

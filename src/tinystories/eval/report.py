@@ -7,7 +7,7 @@ pretrain/<size>/metrics.jsonl, sft/<size>/metrics.jsonl, data/stats.json, data/s
 config.yaml and manifest.json. A missing optional input gives a section that says what is
 missing and which stage makes it, never a failure. A correct run writes report/results.md and,
 where the data exist, report/scores_by_model.png, report/scores_vs_params.png,
-report/val_loss.png and report/instruct_scores.png.
+report/val_loss.png and report/instruct_scores.png (drawn by eval/charts.py).
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.errors import UserError
+from tinystories.eval.charts import draw_charts
+from tinystories.eval.grading import CATEGORIES as CATS
+from tinystories.io.layout import COMPLETIONS, EVAL_MODELS, PRETRAIN_DIR, REPORT_DIR, RESULTS, SCORES, SFT_DIR, STORIES, STORY_STATS
 from tinystories.io.rundir import RunDir, read_json, read_jsonl, write_text
 
 NAME = "report"
 SECTION = "report"
-USES = ()
+USES = ()  # reads no other config section: every number comes from the run directory's files
 
-SCORES = "eval/scores.json"
-COMPLETIONS = "eval/completions.jsonl"
-RESULTS = "report/results.md"
-CATS = ("grammar", "creativity", "consistency", "plot")
 SMALL_RUN_STORIES = 100_000  # below this many stories a run is a demonstration, not a reproduction
 
 log = logging.getLogger("tinystories.eval.report")
@@ -96,7 +95,7 @@ def _read_metrics(path: Path) -> list[dict]:
 
 def model_dirs(rundir: RunDir) -> dict[str, Path]:
     out = {}
-    for group in ("pretrain", "sft"):
+    for group in (PRETRAIN_DIR, SFT_DIR):
         root = rundir.path(group)
         if root.is_dir():
             for d in sorted(root.iterdir()):
@@ -110,89 +109,12 @@ def _last_val(metrics: list[dict]) -> dict | None:
     return vals[-1] if vals else None
 
 
-# -- charts ------------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def chart_scores(models: dict, task: str, cats: tuple[str, ...], path: Path, dpi: int, title: str) -> bool:
-    names = [m for m in models if task in models[m]["tasks"] and models[m]["tasks"][task]["n_judged"]]
-    if not names:
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4.2))
-    width = 0.8 / len(cats)
-    for j, cat in enumerate(cats):
-        means = [models[m]["tasks"][task]["categories"].get(cat, {}).get("mean") or 0 for m in names]
-        errs = [models[m]["tasks"][task]["categories"].get(cat, {}).get("ci95") or 0 for m in names]
-        xs = [i + (j - (len(cats) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=cat)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=20, ha="right")
-    ax.set_ylim(0, 10)
-    ax.set_ylabel("judge score (1-10), 95% CI")
-    ax.set_title(title)
-    ax.legend(ncol=len(cats), fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return True
-
-
-def chart_vs_params(models: dict, params: dict[str, int], path: Path, dpi: int) -> bool:
-    plt = _plt()
-    series: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
-    for name, m in models.items():
-        task = m["tasks"].get("continue")
-        if not task or not params.get(name) or m["kind"] == "baseline":
-            continue
-        for cat in ("grammar", "creativity", "consistency"):
-            stat = task["categories"].get(cat) or {}
-            if stat.get("mean") is not None:
-                series.setdefault((m["kind"], cat), []).append((params[name], stat["mean"], stat.get("ci95") or 0))
-    if not series:
-        return False
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colors = {"grammar": "tab:blue", "creativity": "tab:orange", "consistency": "tab:green"}
-    for (kind, cat), pts in sorted(series.items()):
-        pts.sort()
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=colors[cat], marker="o" if kind == "base" else "s", linestyle="-" if kind == "base" else "--", capsize=3, label=f"{cat} ({kind})")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("judge score (1-10)")
-    ax.set_ylim(0, 10)
-    ax.set_title("Scores vs model size (story beginnings)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return True
-
-
-def chart_val_loss(curves: dict[str, list[dict]], path: Path, dpi: int) -> bool:
-    curves = {k: [m for m in v if m.get("val_loss") is not None and m.get("tokens") is not None] for k, v in curves.items()}
-    curves = {k: v for k, v in curves.items() if v}
-    if not curves:
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, pts in sorted(curves.items()):
-        ax.plot([p["tokens"] for p in pts], [p["val_loss"] for p in pts], marker=".", label=name)
-    ax.set_xlabel("training tokens seen")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("Validation loss vs tokens seen")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return True
+def read_scores(rundir: RunDir) -> dict:
+    scores = read_json(rundir.path(SCORES))
+    for key in ("models", "reliability", "judge"):
+        if key not in scores:
+            raise UserError(f"{rundir.path(SCORES)}: no {key!r} section; rerun `tinystories judge --force --run-dir {rundir.root}`")
+    return scores
 
 
 # -- the stage ---------------------------------------------------------------------------------
@@ -200,64 +122,89 @@ def chart_val_loss(curves: dict[str, list[dict]], path: Path, dpi: int) -> bool:
 
 def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     c: Config = cfg.report
-    scores = read_json(rundir.path(SCORES))
-    for key in ("models", "reliability", "judge"):
-        if key not in scores:
-            raise UserError(f"{rundir.path(SCORES)}: no {key!r} section; rerun `tinystories judge --force --run-dir {rundir.root}`")
+    scores = read_scores(rundir)
     completions = list(read_jsonl(rundir.path(COMPLETIONS)))
-    models_info = read_json(rundir.path("eval/models.json")).get("models", {}) if rundir.path("eval/models.json").exists() else {}
-    manifest = rundir.manifest()
-    out_dir = rundir.path("report")
+    models_info = read_json(rundir.path(EVAL_MODELS)).get("models", {}) if rundir.path(EVAL_MODELS).exists() else {}
+    out_dir = rundir.path(REPORT_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     models = scores["models"]
     params = {name: info.get("params") for name, info in models_info.items() if info.get("params")}
-
     curves = {name: _read_metrics(d / "metrics.jsonl") for name, d in model_dirs(rundir).items()}
-    charts = {}
-    charts["scores_by_model.png"] = chart_scores(models, "continue", ("grammar", "creativity", "consistency"), out_dir / "scores_by_model.png", c.dpi, "Story completions: judge scores per model")
-    charts["instruct_scores.png"] = chart_scores(models, "instruct", CATS, out_dir / "instruct_scores.png", c.dpi, "Instruction following: judge scores per model")
-    charts["scores_vs_params.png"] = chart_vs_params(models, params, out_dir / "scores_vs_params.png", c.dpi)
-    charts["val_loss.png"] = chart_val_loss({k: v for k, v in curves.items() if k.startswith("pretrain/")}, out_dir / "val_loss.png", c.dpi)
-
-    md = render(scores, completions, models_info, curves, manifest, rundir, charts, c)
+    charts = draw_charts(models, params, curves, out_dir, c.dpi)
+    md = render(scores, completions, models_info, curves, rundir.manifest(), rundir, charts, c)
     write_text(rundir.path(RESULTS), md)
     return {"charts": sorted(k for k, v in charts.items() if v), "models": len(models), "unreliable_judge": bool(scores["reliability"].get("unreliable"))}
 
 
 def render(scores: dict, completions: list[dict], models_info: dict, curves: dict[str, list[dict]], manifest: dict, rundir: RunDir, charts: dict, c: Config) -> str:
-    rel = scores["reliability"]
+    """results.md: a warning when the judge is unreliable, then one section per heading."""
     models = scores["models"]
+    ppl = scores.get("perplexity", {})
+    sections = [
+        ("Scale of this run", scale_section(rundir, curves, completions, models)),
+        ("Judge scores: story completions", continue_scores_section(models, models_info, charts) + age_groups_section(scores)),
+        ("Instruction following", instruct_section(models, charts)),
+        ("Instruction following (judge-free)", compliance_section(scores.get("word_compliance"))),
+        ("Base vs instruct", base_vs_instruct_section(models)),
+        ("Judge reliability", reliability_section(scores["reliability"], ppl)),
+        ("Perplexity under a reference model", perplexity_section(ppl)),
+        ("Validation loss", val_loss_section(curves, charts)),
+        ("Sample completions", sample_section(completions, c)),
+        ("Contamination check", contamination_section(scores.get("contamination", {}))),
+        ("Dataset", dataset_section(rundir)),
+        ("Who wrote, trained and judged", provenance_section(rundir, scores, models_info)),
+        ("Stages: wall time and key metrics", stages_section(manifest)),
+    ]
+    L = header_section(scores["reliability"], rundir)
+    for title, lines in sections:
+        L += [f"## {title}", "", *lines]
+    return "\n".join(L).rstrip() + "\n"
+
+
+# -- the sections, in report order; each returns its lines, blank-line separated ----------------
+
+
+def header_section(rel: dict, rundir: RunDir) -> list[str]:
     L: list[str] = ["# TinyStories run report", ""]
     if rel.get("unreliable"):
         L += [f"**WARNING: the judge is unreliable: {'; '.join(rel.get('reasons') or ['see the reliability section'])}. Treat every judge score below with suspicion; the perplexity and loss figures do not depend on the judge.**", ""]
-    L += [f"Run directory: `{rundir.root}`.", ""]
+    return L + [f"Run directory: `{rundir.root}`.", ""]
 
-    # Scale of the run.
-    n_stories = sum(1 for _ in read_jsonl(rundir.path("data/stories.jsonl"))) if rundir.path("data/stories.jsonl").exists() else None
-    tokens_seen = {name: (m[-1].get("tokens") if m else None) for name, m in curves.items() if name.startswith("pretrain/")}
-    L += ["## Scale of this run", ""]
-    scale = []
-    scale.append(f"{fmt(n_stories)} stories in data/stories.jsonl" if n_stories is not None else "no data/stories.jsonl in this run directory (stories were not generated here)")
-    for name, tok in sorted(tokens_seen.items()):
-        scale.append(f"{name} trained on {fmt(tok)} tokens")
+
+def scale_section(rundir: RunDir, curves: dict[str, list[dict]], completions: list[dict], models: dict) -> list[str]:
+    """How big this run is, and whether its figures can be compared with the paper's."""
+    stories = rundir.path(STORIES)
+    n_stories = sum(1 for _ in read_jsonl(stories)) if stories.exists() else None
+    tokens_seen = {name: (m[-1].get("tokens") if m else None) for name, m in curves.items() if name.startswith(f"{PRETRAIN_DIR}/")}
+    scale = [f"{fmt(n_stories)} stories in {STORIES}" if n_stories is not None else f"no {STORIES} in this run directory (stories were not generated here)"]
+    scale += [f"{name} trained on {fmt(tok)} tokens" for name, tok in sorted(tokens_seen.items())]
     scale.append(f"{fmt(len(completions))} completions from {fmt(len(models))} models")
-    L += ["This run: " + "; ".join(scale) + ".", ""]
+    L = ["This run: " + "; ".join(scale) + ".", ""]
     if n_stories is None or n_stories < SMALL_RUN_STORIES:
-        L += ["**This is a small run: it demonstrates that the pipeline works end to end, not the paper's quality** (the paper trains on a synthetic corpus of millions of stories). Read the figures below as a test of the machinery.", ""]
-    else:
-        L += ["The figures below describe this run only; compare them with the paper's only where the data, model sizes and judge match.", ""]
+        return L + ["**This is a small run: it demonstrates that the pipeline works end to end, not the paper's quality** (the paper trains on a synthetic corpus of millions of stories). Read the figures below as a test of the machinery.", ""]
+    return L + ["The figures below describe this run only; compare them with the paper's only where the data, model sizes and judge match.", ""]
 
-    # Scores on story beginnings.
-    L += ["## Judge scores: story completions", ""]
+
+def scoring_note(judge: dict) -> list[str]:
+    """How a grade was read from the judge: the tables mean different things under the two."""
+    if judge.get("scoring") == "expected":
+        return [f"Grades are expected grades (G-Eval): the judge's probability for each grade 1-10 where it writes the grade, averaged; a grade with less than {fmt_share(judge.get('min_grade_mass'))} of the probability on 1-10 is a failure, not a score.", ""]
+    if judge.get("scoring") == "sampled":
+        return ["Grades are the numbers the judge wrote in its reply (one sample each).", ""]
+    return []
+
+
+def continue_scores_section(models: dict, models_info: dict, charts: dict) -> list[str]:
+    """Every model's grades on the shared story beginnings, with parse failures and charts."""
     rows = []
     for name, m in models.items():
         t = m["tasks"].get("continue")
-        if not t:
-            continue
-        rows.append([name, m["kind"], fmt_params(models_info.get(name, {}).get("params")), *[fmt_score(t["categories"].get(cat)) for cat in ("grammar", "creativity", "consistency")], fmt(t["n_judged"]), fmt(t["n_failed"])])
+        if t:
+            rows.append([name, m["kind"], fmt_params(models_info.get(name, {}).get("params")), *[fmt_score(t["categories"].get(cat)) for cat in CATS], fmt(t["n_judged"]), fmt(t["n_failed"])])
+    L: list[str] = []
     if rows:
         L += ["Mean grade out of 10 ± the half-width of its 95% confidence interval (over completions), for every model on the same story beginnings.", ""]
-        L += table(["model", "kind", "params", "grammar", "creativity", "consistency", "judged", "failed"], rows)
+        L += table(["model", "kind", "params", *CATS, "judged", "failed"], rows)
         L += [""]
         if charts.get("scores_by_model.png"):
             L += ["![scores per model](scores_by_model.png)", ""]
@@ -267,139 +214,121 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
     else:
         L += ["No model completed the story beginnings (see `complete.models`).", ""]
     if charts.get("scores_vs_params.png"):
-        L += ["![scores vs parameters](scores_vs_params.png)", ""]
-    else:
-        L += ["No scores-vs-parameters chart: it needs judged models with known parameter counts (eval/models.json from `tinystories complete`).", ""]
+        return L + ["![scores vs parameters](scores_vs_params.png)", ""]
+    return L + [f"No scores-vs-parameters chart: it needs judged models with known parameter counts ({EVAL_MODELS} from `tinystories complete`).", ""]
 
-    # Age groups.
+
+def age_groups_section(scores: dict) -> list[str]:
     age_names = scores.get("age_groups", {})
     rows = []
-    for name, m in models.items():
+    for name, m in scores["models"].items():
         for task, t in m["tasks"].items():
             if t.get("age_groups"):
                 total = sum(t["age_groups"].values())
                 rows.append([name, task] + [fmt_share(t["age_groups"].get(g, 0) / total) for g in age_names])
-    if rows:
-        L += ["Age group the judge guessed for the writer (share of judged completions):", ""]
-        L += table(["model", "task"] + [f"{g} ({v})" for g, v in age_names.items()], rows)
-        L += [""]
+    if not rows:
+        return []
+    return ["Age group the judge guessed for the writer (share of judged completions):", "", *table(["model", "task"] + [f"{g} ({v})" for g, v in age_names.items()], rows), ""]
 
-    # Instruct.
-    L += ["## Instruction following", ""]
+
+def instruct_section(models: dict, charts: dict) -> list[str]:
     rows = []
     for name, m in models.items():
         t = m["tasks"].get("instruct")
         if t:
             rows.append([name, *[fmt_score(t["categories"].get(cat)) for cat in CATS], fmt(t["n_judged"]), fmt(t["n_failed"])])
-    if rows:
-        L += table(["model", "grammar", "creativity", "consistency", "plot", "judged", "failed"], rows)
-        L += [""]
-        if charts.get("instruct_scores.png"):
-            L += ["![instruction following](instruct_scores.png)", ""]
-    else:
-        L += ["No instruct (SFT) model in this run: run `tinystories instruct-data` and `tinystories sft`, then `complete` again.", ""]
+    if not rows:
+        return ["No instruct (SFT) model in this run: run `tinystories instruct-data` and `tinystories sft`, then `complete` again.", ""]
+    L = [*table(["model", *CATS, "judged", "failed"], rows), ""]
+    if charts.get("instruct_scores.png"):
+        L += ["![instruction following](instruct_scores.png)", ""]
+    return L
 
-    L += ["## Instruction following (judge-free)", ""]
-    L += compliance_section(scores.get("word_compliance"))
 
-    # Base vs instruct.
-    L += ["## Base vs instruct", ""]
+def base_vs_instruct_section(models: dict) -> list[str]:
+    """sft/<size> next to pretrain/<size> on the same beginnings: what instruction tuning changed."""
     pairs = []
     for name, m in models.items():
-        if m["kind"] == "instruct" and name.startswith("sft/"):
-            base = f"pretrain/{name.split('/', 1)[1]}"
+        if m["kind"] == "instruct" and name.startswith(f"{SFT_DIR}/"):
+            base = f"{PRETRAIN_DIR}/{name.split('/', 1)[1]}"
             if base in models and "continue" in models[base]["tasks"] and "continue" in m["tasks"]:
                 pairs.append((base, name))
-    if pairs:
-        rows = []
-        for base, inst in pairs:
-            bt, it = models[base]["tasks"]["continue"]["categories"], models[inst]["tasks"]["continue"]["categories"]
-            rows.append([f"{base} → {inst}", *[f"{fmt_score(bt.get(cat))} → {fmt_score(it.get(cat))}" for cat in ("grammar", "creativity", "consistency")]])
-        L += ["The same story beginnings, before and after instruction tuning:", ""]
-        L += table(["models", "grammar", "creativity", "consistency"], rows)
-        L += [""]
-    else:
-        L += ["No base/instruct pair of the same size completed the story beginnings, so there is nothing to compare.", ""]
+    if not pairs:
+        return ["No base/instruct pair of the same size completed the story beginnings, so there is nothing to compare.", ""]
+    rows = []
+    for base, inst in pairs:
+        bt, it = models[base]["tasks"]["continue"]["categories"], models[inst]["tasks"]["continue"]["categories"]
+        rows.append([f"{base} → {inst}", *[f"{fmt_score(bt.get(cat))} → {fmt_score(it.get(cat))}" for cat in CATS]])
+    return ["The same story beginnings, before and after instruction tuning:", "", *table(["models", *CATS], rows), ""]
 
-    # Reliability.
-    L += ["## Judge reliability", ""]
+
+def reliability_section(rel: dict, ppl: dict) -> list[str]:
+    """The verdict, the consistency and discrimination tables, and the perplexity cross-check."""
     cons = rel.get("consistency", {})
-    L += [f"Verdict: **{'unreliable' if rel.get('unreliable') else 'passes the checks'}** (word-salad discrimination on grammar must reach {fmt_share(rel.get('min_discrimination'))}).", ""]
+    L = [f"Verdict: **{'unreliable' if rel.get('unreliable') else 'passes the checks'}** (word-salad discrimination on grammar must reach {fmt_share(rel.get('min_discrimination'))}).", ""]
     if cons.get("n_pairs"):
         L += [f"Consistency: {fmt(cons['n_pairs'])} completions judged twice with different seeds; mean absolute difference of the two grades (0 = identical, {fmt(cons.get('n_failed', 0))} repeat judgments failed):", ""]
         L += table([c for c in CATS if c in cons["mean_abs_diff"]], [[fmt(cons["mean_abs_diff"][c]) for c in CATS if c in cons["mean_abs_diff"]]])
         L += [""]
     else:
         L += ["Consistency: no completion was judged twice (judge.consistency_sample is 0 or every repeat failed).", ""]
-    disc = rel.get("discrimination", {})
     rows = []
-    for kind, d in disc.items():
+    for kind, d in rel.get("discrimination", {}).items():
         shares = d.get("share_original_better", {})
         rows.append([kind, fmt(d.get("n_pairs", 0)), *[fmt_share(shares.get(cat)) for cat in CATS], fmt(d.get("n_failed", 0))])
     if rows:
         L += ["Discrimination: completions damaged on purpose and judged again; share of pairs where the original got the strictly higher grade (a working judge is near 100% for grammar on word salad and for consistency on swapped completions):", ""]
         L += table(["damage", "pairs", *CATS, "failed"], rows)
         L += [""]
-    ppl = scores.get("perplexity", {})
     if ppl.get("discrimination"):
         rows = [[kind, fmt(d.get("n_pairs", 0)), fmt_share(d.get("share_original_lower"))] for kind, d in ppl["discrimination"].items()]
         L += [f"Judge-free check: the reference LM ({ppl.get('reference')}{', ' + str(ppl.get('model')) if ppl.get('model') else ''}) should give the original the lower perplexity:", ""]
         L += table(["damage", "pairs", "original has lower perplexity"], rows)
         L += [""]
+    return L
 
-    # Perplexity.
-    L += ["## Perplexity under a reference model", ""]
-    if ppl.get("models"):
-        rows = [[name, fmt(p.get("ppl")), fmt(p.get("median_ppl")), fmt(p.get("n")), fmt(p.get("tokens"))] for name, p in ppl["models"].items()]
-        L += [f"Perplexity of each model's completions given their beginnings, under {ppl.get('reference')} {ppl.get('model') or ppl.get('path') or ''} (lower = more like the reference model's idea of a likely continuation):", ""]
-        L += table(["model", "perplexity (token-weighted)", "median per completion", "completions", "tokens"], rows)
-        L += [""]
-    else:
+
+def perplexity_section(ppl: dict) -> list[str]:
+    if not ppl.get("models"):
         why = f": {ppl['unavailable']}" if ppl.get("unavailable") else ""
-        L += [f"Not measured (judge.reference is {ppl.get('reference', 'not set')}{why}).", ""]
+        return [f"Not measured (judge.reference is {ppl.get('reference', 'not set')}{why}).", ""]
+    rows = [[name, fmt(p.get("ppl")), fmt(p.get("median_ppl")), fmt(p.get("n")), fmt(p.get("tokens"))] for name, p in ppl["models"].items()]
+    return [
+        f"Perplexity of each model's completions given their beginnings, under {ppl.get('reference')} {ppl.get('model') or ppl.get('path') or ''} (lower = more like the reference model's idea of a likely continuation):",
+        "",
+        *table(["model", "perplexity (token-weighted)", "median per completion", "completions", "tokens"], rows),
+        "",
+    ]
 
-    # Validation loss.
-    L += ["## Validation loss", ""]
+
+def val_loss_section(curves: dict[str, list[dict]], charts: dict) -> list[str]:
     rows = []
     for name, m in sorted(curves.items()):
         last = _last_val(m)
         if last:
             rows.append([name, fmt(last.get("val_loss"), 4), fmt(last.get("val_bpb"), 4), fmt(last.get("tokens")), fmt(last.get("step"))])
-    if rows:
-        L += ["Last validation pass of each model: loss in nats per token, and in bits per byte (comparable across tokenizers).", ""]
-        L += table(["model", "val loss (nats/token)", "val bits/byte", "tokens seen", "step"], rows)
+    if not rows:
+        return [f"No metrics.jsonl with validation passes under {PRETRAIN_DIR}/ or {SFT_DIR}/ (run `tinystories pretrain`).", ""]
+    L = ["Last validation pass of each model: loss in nats per token, and in bits per byte (comparable across tokenizers).", ""]
+    L += table(["model", "val loss (nats/token)", "val bits/byte", "tokens seen", "step"], rows)
+    L += [""]
+    if charts.get("val_loss.png"):
+        L += ["![validation loss](val_loss.png)", ""]
+    return L
+
+
+def contamination_section(cont: dict) -> list[str]:
+    if not cont.get("n"):
+        return ["Not checked (judge.contamination_n is 0).", ""]
+    flagged = cont.get("flagged", [])
+    L = [f"Word {cont['n']}-grams of every evaluation prompt searched in {fmt(cont.get('stories_scanned'))} training stories: {fmt(len(flagged))} of {fmt(len(cont.get('prompts', {})))} prompts share at least one.", ""]
+    if flagged:
+        L += table(["prompt", "shared n-grams", "share of its n-grams", "e.g. story"], [[p, fmt(cont["prompts"][p]["matched"]), fmt_share(cont["prompts"][p]["share"]), str(cont["prompts"][p]["example_story"])] for p in flagged])
         L += [""]
-        if charts.get("val_loss.png"):
-            L += ["![validation loss](val_loss.png)", ""]
-    else:
-        L += ["No metrics.jsonl with validation passes under pretrain/ or sft/ (run `tinystories pretrain`).", ""]
+    return L
 
-    # Samples.
-    L += ["## Sample completions", ""]
-    L += sample_section(completions, c)
 
-    # Contamination.
-    L += ["## Contamination check", ""]
-    cont = scores.get("contamination", {})
-    if cont.get("n"):
-        flagged = cont.get("flagged", [])
-        L += [f"Word {cont['n']}-grams of every evaluation prompt searched in {fmt(cont.get('stories_scanned'))} training stories: {fmt(len(flagged))} of {fmt(len(cont.get('prompts', {})))} prompts share at least one.", ""]
-        if flagged:
-            L += table(["prompt", "shared n-grams", "share of its n-grams", "e.g. story"], [[p, fmt(cont["prompts"][p]["matched"]), fmt_share(cont["prompts"][p]["share"]), str(cont["prompts"][p]["example_story"])] for p in flagged])
-            L += [""]
-    else:
-        L += ["Not checked (judge.contamination_n is 0).", ""]
-
-    # Dataset statistics.
-    L += ["## Dataset", ""]
-    L += dataset_section(rundir)
-
-    # Provenance.
-    L += ["## Who wrote, trained and judged", ""]
-    L += provenance_section(rundir, scores, models_info)
-
-    # Stages.
-    L += ["## Stages: wall time and key metrics", ""]
+def stages_section(manifest: dict) -> list[str]:
     rows = []
     for name, rec in manifest.get("stages", {}).items():
         if name == NAME:
@@ -407,12 +336,9 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
         metrics = _flat_numbers(rec.get("metrics") or {})
         keys = list(metrics)[:5]
         rows.append([name, rec.get("status", "-"), fmt(rec.get("wall_s")), ", ".join(f"{k} {fmt(metrics[k])}" for k in keys)])
-    if rows:
-        L += table(["stage", "status", "wall s", "metrics"], rows)
-        L += [""]
-    else:
-        L += ["manifest.json records no stages.", ""]
-    return "\n".join(L).rstrip() + "\n"
+    if not rows:
+        return ["manifest.json records no stages.", ""]
+    return [*table(["stage", "status", "wall s", "metrics"], rows), ""]
 
 
 def _flat_numbers(metrics: dict) -> dict:
@@ -431,7 +357,7 @@ def _flat_numbers(metrics: dict) -> dict:
 
 
 def fmt_proportion(stat: dict | None) -> str:
-    """A share as `hits/n = share% [low–high%]`, from judge.proportion_ci."""
+    """A share as `hits/n = share% [low–high%]`, from stats.proportion_ci."""
     if not stat or stat.get("share") is None:
         return "n/a"
     return f"{stat['hits']}/{stat['n']} = {fmt_share(stat['share'])} [{fmt_share(stat['low'])}–{fmt_share(stat['high'])}]"
@@ -495,9 +421,9 @@ def sample_section(completions: list[dict], c: Config) -> list[str]:
 
 
 def dataset_section(rundir: RunDir) -> list[str]:
-    path = rundir.path("data/stats.json")
+    path = rundir.path(STORY_STATS)
     if not path.exists():
-        return ["No data/stats.json (made by `tinystories generate`).", ""]
+        return [f"No {STORY_STATS} (made by `tinystories generate`).", ""]
     stats = read_json(path)
     rows = []
 
@@ -512,13 +438,13 @@ def dataset_section(rundir: RunDir) -> list[str]:
 
     walk("", stats, 0)
     if not rows:
-        return ["data/stats.json holds no figures.", ""]
-    return ["From data/stats.json:", "", *table(["statistic", "value"], rows[:60]), ""]
+        return [f"{STORY_STATS} holds no figures.", ""]
+    return [f"From {STORY_STATS}:", "", *table(["statistic", "value"], rows[:60]), ""]
 
 
 def provenance_section(rundir: RunDir, scores: dict, models_info: dict) -> list[str]:
     L = []
-    path = rundir.path("data/stories.jsonl")
+    path = rundir.path(STORIES)
     if path.exists():
         writers: dict[str, int] = {}
         for rec in read_jsonl(path):
@@ -528,12 +454,13 @@ def provenance_section(rundir: RunDir, scores: dict, models_info: dict) -> list[
         L += table(["backend / model", "stories"], [[k, fmt(v)] for k, v in sorted(writers.items(), key=lambda kv: -kv[1])])
         L += [""]
     else:
-        L += ["No data/stories.jsonl: the data's authors are unknown to this report.", ""]
+        L += [f"No {STORIES}: the data's authors are unknown to this report.", ""]
     j = scores.get("judge", {})
     judge_id = j.get("judge", {})
     L += [
-        f"Judge: backend {judge_id.get('backend', 'n/a')}, model {judge_id.get('model', 'n/a')}, template {j.get('template_version', 'n/a')}, temperature {fmt(j.get('temperature'))}, max tokens {fmt(j.get('max_tokens'))}, mode {j.get('mode', 'n/a')}.",
+        f"Judge: backend {judge_id.get('backend', 'n/a')}, model {judge_id.get('model', 'n/a')}, template {j.get('template_version', 'n/a')}, temperature {fmt(j.get('temperature'))}, max tokens {fmt(j.get('max_tokens'))}, mode {j.get('mode', 'n/a')}, scoring {j.get('scoring', 'n/a')}.",
         "",
+        *scoring_note(j),
     ]
     if models_info:
         rows = []

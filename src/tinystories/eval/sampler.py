@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+from tinystories.pipeline.ids import splitmix64
 
 
 @dataclass
@@ -40,15 +40,6 @@ class Generation:
     prompt_tokens: int = 0  # prompt length actually fed (after any left truncation)
     stopped_at_eos: bool = False  # False: it ran out of max_new_tokens
     truncated_prompt: bool = False  # the prompt was cut on the left to fit the context window
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A counter-based hash (SplitMix64 finaliser) on uint64 arrays: cheap, vectorised, stateless."""
-    with np.errstate(over="ignore"):
-        z = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return z ^ (z >> np.uint64(31))
 
 
 def row_uniforms(seeds: np.ndarray, step: int) -> np.ndarray:

@@ -11,6 +11,7 @@ LOCK = ".lock"
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
 LOGS_DIR = "logs"
+LLM_CACHE_DIR = "cache/llm"  # what make_client gets: the answer cache lives in it
 LLM_CACHE = "cache/llm/responses.sqlite"
 
 # Phase 1: vocabulary and stories.
@@ -20,6 +21,7 @@ REJECTED = "data/rejected.jsonl"
 STORY_STATS = "data/stats.json"
 STORY_FILE = "data/tinystories_dataset.txt"
 GENERATE_STATE = "data/.generate_state.json"
+GENERATE_BATCH = "data/.generate_batch.json"  # the OpenAI Batch API job of generate.batch_api, so a rerun resumes it
 IMPORT_STATE = "data/.import_state.json"
 
 # Phase 2: tokenizer and token files.
@@ -28,6 +30,7 @@ TOKENIZER_JSON = "tokenizer/tokenizer.json"
 TRAIN_BIN = "data/train.bin"
 VAL_BIN = "data/val.bin"
 META = "data/meta.json"
+VAL_STORIES = "data/val_stories.json"  # keys of the validation stories, so sft holds out the same ones
 PRETRAIN_DIR = "pretrain"
 
 # Phase 3-4: instruction data and tuning.

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from tinystories.errors import UserError
 
-from tinystories.io.layout import CONFIG, MANIFEST  # noqa: F401  (re-exported for callers of rundir)
+from tinystories.io.layout import CONFIG, LOCK, MANIFEST  # noqa: F401  (re-exported for callers of rundir)
 
 
 def _umask() -> int:
@@ -185,6 +185,65 @@ class RunDir:
 
     def path(self, rel: str) -> Path:
         return self.root / rel
+
+    @contextlib.contextmanager
+    def writer_lock(self, command: str) -> Iterator[None]:
+        """Hold the run dir's one-writer lock for the duration of a command.
+
+        An flock on `.lock`: the kernel drops it when the process exits or is killed, so a
+        stale lock file from a dead process never blocks; the file records who holds it, so
+        the second writer is told which process to wait for. A clean exit removes the file."""
+        import fcntl
+
+        self.check_usable()
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / LOCK
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                raise UserError(f"--run-dir {self.root}: in use by {holder}; wait for it to finish or use another --run-dir") from None
+            # The holder we waited on may have removed the file between our open and our flock:
+            # then we locked an orphan inode, and a third process could lock a new file.
+            if not lock_path.exists() or os.stat(lock_path).st_ino != os.fstat(fd).st_ino:
+                raise UserError(f"--run-dir {self.root}: another process took the run dir just now; rerun the command")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} ({command}, since {now_iso()})\n".encode(), 0)
+            try:
+                yield
+            finally:
+                lock_path.unlink(missing_ok=True)  # still holding the flock: nobody can be mid-take
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def writer_active(self) -> bool:
+        """True while some process holds the writer lock (a `running` record is then real)."""
+        import fcntl
+
+        lock_path = self.root / LOCK
+        if not lock_path.exists():
+            return False
+        fd = os.open(lock_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def check_usable(self) -> None:
+        """One line instead of a traceback when --run-dir cannot be a run directory."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--run-dir {self.root}: is a file, not a directory; name a directory (it is created if missing)")
+        config = self.root / CONFIG
+        if config.exists() and not config.is_file():
+            raise UserError(f"{config}: is not a file; remove it (the run dir's config is rewritten on the next command)")
+        probe = self.root if self.root.exists() else next((p for p in self.root.parents if p.exists()), Path("."))
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UserError(f"--run-dir {self.root}: {probe} is not writable; fix its permissions or use another --run-dir")
 
     def ensure(self) -> None:
         for sub in ("logs", "cache/llm", "data"):

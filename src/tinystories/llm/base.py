@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+# Per generated token, the most likely tokens at that position with their log-probabilities
+# (natural log), always including the token that was generated: [{" cat": -0.1, " dog": -2.3}, ...].
+TokenLogprobs = list[dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -19,10 +23,13 @@ class Request:
     seed: int = 0
     stop: tuple[str, ...] = ()
     template_version: str = ""  # a prompt template's version: changing the template invalidates the cache
+    top_logprobs: int = 0  # > 0: also return, per generated token, this many most likely tokens with their log-probabilities
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a Request needs exactly one of messages or prompt")
+        if self.top_logprobs < 0:
+            raise ValueError("a Request's top_logprobs must be 0 (none) or more")
 
     def with_seed(self, seed: int) -> "Request":
         return Request(**{**asdict(self), "messages": self.messages, "seed": seed})
@@ -41,6 +48,7 @@ class RawResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str = ""
+    logprobs: TokenLogprobs | None = None  # when the request asked for top_logprobs
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Response:
     attempts: int = 1  # validation attempts used
     retries: int = 0  # transport retries (429, 5xx, timeouts, dropped connections)
     error: str | None = None  # why this request finally failed; None when it succeeded
+    logprobs: TokenLogprobs | None = field(default=None, repr=False)  # when the request asked for top_logprobs
     value: Any = field(default=None, repr=False)  # what the caller's validator parsed out of the text
 
     @property
@@ -82,6 +91,12 @@ class RequestError(Exception):
 
 
 class Backend(Protocol):
+    """What every backend implements. Callers never call it directly: they hand a batch of Requests
+    to `LLMClient.complete` / `acomplete` (llm/client.py), which calls `generate` once per request
+    (concurrently, up to `max_concurrency`), with caching, rate limits, retries and validation
+    around it, and passes each Response to the caller as it arrives.
+    """
+
     name: str  # "embedded" | "openai" | ...
     max_concurrency: int  # the most requests it can serve at once (1 for in-process llama.cpp)
 
@@ -89,7 +104,27 @@ class Backend(Protocol):
         """Everything about the backend that changes answers (model name, weights hash): part of the cache key."""
 
     async def generate(self, request: Request) -> RawResult:
-        """One call. Raise TransientError for retryable failures, RequestError when only this request
-        is bad, UserError for a setup problem (stops the job)."""
+        """One call. With `request.top_logprobs` > 0 the result carries `logprobs`, one dict per generated
+        token; a backend or server that cannot give them raises UserError naming the option. Raise
+        TransientError for retryable failures, RequestError when only this request is bad, UserError
+        for a setup problem (stops the job). No message may carry a secret (llm/redact.py)."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """The end of one event loop's batch: release what belongs to that loop (connection pools)."""
+
+    def close(self) -> None:
+        """Free everything (a loaded model, connections); a later `generate` may set them up again."""
+
+
+@runtime_checkable
+class TokenScorer(Protocol):
+    """A backend that can also score given text (the judge's reference perplexity): not every one can,
+    an OpenAI-compatible chat endpoint returns log-probabilities only for tokens it generates."""
+
+    def token_logprobs(self, prefix: str, continuation: str) -> list[float]:
+        """log p(token | everything before it) for each token of `continuation`, given `prefix`."""
+
+
+def token_scorer(backend: Backend) -> TokenScorer | None:
+    """The backend as a TokenScorer, or None when it cannot score tokens."""
+    return backend if isinstance(backend, TokenScorer) else None

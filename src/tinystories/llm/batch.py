@@ -29,7 +29,8 @@ from tinystories.errors import UserError
 from tinystories.llm.base import Request, TransientError
 from tinystories.llm.cache import ResponseCache, cache_key
 from tinystories.llm.config import LLMConfig
-from tinystories.llm.openai_backend import api_key, endpoint_urls, identity, one_line, parse_reply, request_body
+from tinystories.llm.openai_backend import api_key, endpoint_urls, identity, parse_reply, request_body
+from tinystories.llm.redact import one_line
 from tinystories.progress import progress_bar
 from tinystories.io.rundir import now_iso, read_json, write_json
 
@@ -40,10 +41,14 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 def batch_lines(cfg: LLMConfig, requests: Iterable[Request]) -> dict[str, dict]:
     """custom_id -> one line of the batch input file; the custom_id is the request's cache key,
-    so identical requests are sent once and each answer goes straight to its cache slot."""
+    so identical requests are sent once and each answer goes straight to its cache slot. Requests that
+    ask for token log-probabilities are left to the live loop: a batch result line does not say what
+    its request asked for, so it could not be read back with them."""
     ident = identity(cfg)
     lines: dict[str, dict] = {}
     for request in requests:
+        if request.top_logprobs:
+            continue
         key = cache_key(ident, cfg.mode, request)
         if key not in lines:
             path, body = request_body(cfg, request)
@@ -125,8 +130,8 @@ def run_batch(
             if not wait:
                 return _summary(state, "submitted")
             batch = _poll(client, url, state, poll_s, max_wait_s)
-            if batch.status not in TERMINAL:
-                return _summary(state, batch.status)
+            if batch.status not in TERMINAL:  # whatever the server calls it: its text, so through one_line
+                return _summary(state, one_line(batch.status, 60))
             answered, failures = _collect(client, url, batch, dataclasses.replace(cfg, mode=state["mode"]), cache)
             state.update(phase="collected", status=batch.status, answered=answered, failed=sum(failures.values()),
                          failures=failures, collected_at=now_iso())
@@ -150,11 +155,11 @@ def _poll(client, url: str, state: dict, poll_s: float, max_wait_s: float | None
             batch = _api_call("check the batch", url, lambda: client.batches.retrieve(state["batch_id"]))
             counts = getattr(batch, "request_counts", None)
             done = (getattr(counts, "completed", 0) or 0) + (getattr(counts, "failed", 0) or 0) if counts else 0
-            bar.set(done, status=batch.status)
+            bar.set(done, status=one_line(batch.status, 60))
             if batch.status in TERMINAL:
                 return batch
             if max_wait_s is not None and time.monotonic() - t0 + poll_s > max_wait_s:
-                log.info("batch %s still %s after %.0fs; rerun to keep waiting", batch.id, batch.status, time.monotonic() - t0)
+                log.info("batch %s still %s after %.0fs; rerun to keep waiting", one_line(batch.id, 80), one_line(batch.status, 60), time.monotonic() - t0)
                 return batch
             time.sleep(poll_s)
 

@@ -31,6 +31,9 @@ def cache_key(identity: dict, mode: str, request: Request) -> str:
         "stop": list(request.stop),
         "template_version": request.template_version,
     }
+    if request.top_logprobs:
+        # Only when asked: a key without the field stays the key every earlier cache used.
+        payload["top_logprobs"] = request.top_logprobs
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

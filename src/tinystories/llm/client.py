@@ -4,6 +4,9 @@ Why our own loop rather than the openai client's built-in retries: the same poli
 the embedded backend, every retry must be counted in the stats, a reply the caller rejects
 must be retried with a fresh seed, and results must reach the caller as they arrive (so a
 long job appends to disk and a kill loses nothing already answered).
+
+Every failure text the client writes (a retry's log line, a request's stored failure reason) goes
+through llm/redact.py: it may quote a server, and a server may quote the API key.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from tinystories.errors import UserError
 from tinystories.llm.base import Backend, RawResult, Reject, Request, RequestError, Response, TransientError
 from tinystories.llm.cache import ResponseCache, cache_key
 from tinystories.llm.config import LLMConfig
+from tinystories.llm.redact import redact
+from tinystories.llm.registry import make_backend
 from tinystories.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -95,9 +99,10 @@ class RateLimiter:
 
 
 class LLMClient:
-    def __init__(self, cfg: LLMConfig, backend: Backend, cache: ResponseCache | None = None):
+    def __init__(self, cfg: LLMConfig, backend: Backend, cache: ResponseCache | None = None, owns_backend: bool = False):
         self.cfg = cfg
         self.backend = backend
+        self._owns_backend = owns_backend  # close() frees a backend the client made, not one it was lent
         self.cache = cache if cache is not None else ResponseCache(None)  # not `or`: an empty cache has len 0, so is falsy
         self.stats = Stats()
         self._identity = backend.identity()
@@ -114,6 +119,8 @@ class LLMClient:
     async def _call(self, request: Request, limiter: RateLimiter) -> tuple[RawResult, bool, int, float]:
         key = cache_key(self._identity, self.cfg.mode, request)
         hit = self.cache.get(key)
+        if hit is not None and request.top_logprobs and hit.logprobs is None:
+            hit = None  # answered without log-probabilities (a Batch API answer): ask again, with them
         if hit is not None:
             self.stats.cache_hits += 1
             return hit, True, 0, 0.0
@@ -126,7 +133,7 @@ class LLMClient:
                 result = await asyncio.wait_for(self.backend.generate(request), timeout=self.cfg.timeout_s + 5)
             except (TransientError, asyncio.TimeoutError) as exc:
                 if retries >= self.cfg.max_retries:
-                    raise TransientError(f"gave up after {retries} retries: {exc or 'timeout'}") from None
+                    raise TransientError(f"gave up after {retries} retries: {redact(exc or 'timeout')}") from None
                 retry_after = getattr(exc, "retry_after", None)
                 if retry_after is not None:
                     delay = retry_after
@@ -137,7 +144,7 @@ class LLMClient:
                 self.stats.retries += 1
                 # info, not warning: retries are routine and counted in the progress bar; a warning per
                 # retry would bury the bar (and the final one-line error) under noise.
-                log.info("retry %d for %s in %.1fs: %s", retries, request.key, delay, exc or "timeout")
+                log.info("retry %d for %s in %.1fs: %s", retries, request.key, delay, redact(exc or "timeout"))
                 await asyncio.sleep(delay)
                 continue
             latency = time.monotonic() - t0
@@ -156,10 +163,10 @@ class LLMClient:
             try:
                 raw, cached, retries, latency = await self._call(attempt_request, limiter)
             except TransientError as exc:
-                last_reason = f"transport: {exc}"
+                last_reason = f"transport: {redact(exc)}"
                 break
             except RequestError as exc:
-                last_reason = f"request: {exc}"
+                last_reason = f"request: {redact(exc)}"
                 break
             total_retries += retries
             response = Response(
@@ -175,6 +182,7 @@ class LLMClient:
                 cached=cached,
                 attempts=attempt + 1,
                 retries=total_retries,
+                logprobs=raw.logprobs,
             )
             self.stats.prompt_tokens += raw.prompt_tokens
             self.stats.completion_tokens += raw.completion_tokens
@@ -185,8 +193,8 @@ class LLMClient:
             try:
                 response.value = validate(response)
                 return response
-            except Reject as exc:
-                last_reason = str(exc) or "rejected"
+            except Reject as exc:  # a validator may quote the reply, and the reply may quote the request
+                last_reason = redact(exc) or "rejected"
                 self.stats.rejected_attempts += 1
         response.error = last_reason
         response.retries = total_retries
@@ -257,20 +265,13 @@ class LLMClient:
 
     def close(self) -> None:
         self.cache.close()
-
-
-def make_backend(cfg: LLMConfig) -> Backend:
-    if cfg.backend == "embedded":
-        from tinystories.llm.embedded import EmbeddedBackend
-
-        return EmbeddedBackend(cfg)
-    if cfg.backend == "openai":
-        from tinystories.llm.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(cfg)
-    raise UserError(f"llm.backend: unknown backend {cfg.backend!r}; use embedded or openai")
+        if self._owns_backend:
+            self.backend.close()
 
 
 def make_client(cfg: LLMConfig, cache_dir=None, backend: Backend | None = None) -> LLMClient:
-    """The one way stages get an LLM: `make_client(cfg.llm_for("generate"), rundir.path("cache/llm"))`."""
-    return LLMClient(cfg, backend or make_backend(cfg), ResponseCache(cache_dir))
+    """The one way stages get an LLM: `make_client(cfg.llm_for("generate"), rundir.path("cache/llm"))`.
+    The backend is the one `cfg.backend` names in the registry (llm/registry.py) unless one is lent."""
+    if backend is not None:
+        return LLMClient(cfg, backend, ResponseCache(cache_dir))
+    return LLMClient(cfg, make_backend(cfg), ResponseCache(cache_dir), owns_backend=True)

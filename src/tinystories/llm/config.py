@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tinystories.llm.registry import unknown_backend_problem
+
 
 @dataclass
 class LLMConfig:
-    backend: str = "embedded"  # embedded (in-process llama.cpp, no network) | openai (any OpenAI-compatible endpoint)
+    backend: str = "embedded"  # embedded (in-process llama.cpp, no network) | openai (any OpenAI-compatible endpoint) | a name given to llm.registry.register_backend
     model: str = "qwen2.5-coder-1.5b"  # embedded: a name from the model table or a path to a .gguf; openai: the served model name
     base_urls: list[str] = field(default_factory=list)  # openai: endpoint(s), e.g. http://127.0.0.1:8000/v1; load is spread over all of them
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (the key itself is never stored)
@@ -26,8 +28,8 @@ class LLMConfig:
 
     def check(self) -> list[str]:
         problems = []
-        if self.backend not in ("embedded", "openai"):
-            problems.append(f"backend: unknown backend {self.backend!r}; use embedded or openai")
+        if (problem := unknown_backend_problem(self.backend)) is not None:
+            problems.append(problem)
         if self.mode not in ("chat", "completion"):
             problems.append(f"mode: {self.mode!r} is not chat or completion")
         if self.backend == "openai" and not self.base_urls:

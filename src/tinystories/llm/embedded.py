@@ -9,11 +9,16 @@ Why in-process through llama-cpp-python rather than a local server: one process,
 start or stop, and llama.cpp is the fastest CPU runtime for quantised models. One request at a
 time: llama.cpp already uses every thread for one sequence, so parallel calls would only
 contend.
+
+Token log-probabilities (Request.top_logprobs) come from llama-cpp-python's own `logprobs` option,
+which needs a context that keeps the logits of every position (logits_all): such requests run in
+the second, scoring context that `token_logprobs` uses, so plain requests keep the lean one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import typing
 import json
 import math
 import os
@@ -21,9 +26,12 @@ import threading
 from pathlib import Path
 
 from tinystories.errors import UserError
+from tinystories.llm import logprobs as token_logprobs
 from tinystories.llm.base import RawResult, Request, RequestError
-from tinystories.llm.config import LLMConfig
 from tinystories.llm.models import MODELS, file_sha256, is_path_like, lookup, resolve_model
+
+if typing.TYPE_CHECKING:  # type hints only: the config module imports the backend registry
+    from tinystories.llm.config import LLMConfig
 
 # llama.cpp's own sampler defaults, fixed here because they change answers (so they are part of
 # the cache identity): top_k and min_p cut the long tail that makes small models ramble.
@@ -91,7 +99,8 @@ class EmbeddedBackend:
     async def generate(self, request: Request) -> RawResult:
         # llama.cpp cannot be interrupted mid-call. When the client gives up waiting and retries the
         # same request, join the call already running instead of queueing a duplicate behind it.
-        key = json.dumps([request.messages, request.prompt, request.max_tokens, request.temperature, request.top_p, request.seed, request.stop])
+        key = json.dumps([request.messages, request.prompt, request.max_tokens, request.temperature, request.top_p, request.seed, request.stop,
+                          request.top_logprobs])
         future = self._in_flight.get(key)
         if future is None or future.done() or future.get_loop() is not asyncio.get_running_loop():
             future = asyncio.ensure_future(asyncio.to_thread(self._generate_sync, request))
@@ -138,10 +147,18 @@ class EmbeddedBackend:
             self._llm = self._load()
         return self._llm
 
+    def _scoring_model(self):
+        if self._scorer is None:
+            # A second context with logits for every position; the weights are mmapped, so
+            # they are shared with the generation context, not loaded twice.
+            self._scorer = self._load(logits_all=True)
+        return self._scorer
+
     # -- generation ------------------------------------------------------------------------------
     def _generate_sync(self, request: Request) -> RawResult:
+        k = request.top_logprobs
         with self._lock:
-            llm = self._model()
+            llm = self._scoring_model() if k else self._model()
             # Start each call from an empty KV cache: reusing a previous prompt's prefix changes
             # batch shapes and so float rounding, and the same request must give the same answer
             # whatever ran before it (the cache and the seeds promise that).
@@ -158,12 +175,13 @@ class EmbeddedBackend:
                 if self.cfg.mode == "chat":
                     if request.messages is None:
                         raise UserError("llm.mode: chat mode needs messages but the request has a plain prompt; set llm.mode=completion")
-                    out = llm.create_chat_completion(messages=[dict(m) for m in request.messages], **params)
+                    asked = {"logprobs": True, "top_logprobs": k} if k else {}
+                    out = llm.create_chat_completion(messages=[dict(m) for m in request.messages], **asked, **params)
                     text = out["choices"][0]["message"]["content"] or ""
                 else:
                     if request.prompt is None:
                         raise UserError("llm.mode: completion mode needs a prompt but the request has chat messages; set llm.mode=chat")
-                    out = llm.create_completion(prompt=request.prompt, **params)
+                    out = llm.create_completion(prompt=request.prompt, **({"logprobs": k} if k else {}), **params)
                     text = out["choices"][0]["text"]
             except ValueError as exc:
                 if "exceed context window" in str(exc):
@@ -177,6 +195,7 @@ class EmbeddedBackend:
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             model=self.model_name,
+            logprobs=token_logprobs.from_reply(self.cfg.mode, out["choices"][0]["logprobs"]) if k else None,
         )
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -191,11 +210,7 @@ class EmbeddedBackend:
         import numpy as np
 
         with self._lock:
-            if self._scorer is None:
-                # A second context with logits for every position; the weights are mmapped, so
-                # they are shared with the generation context, not loaded twice.
-                self._scorer = self._load(logits_all=True)
-            llm = self._scorer
+            llm = self._scoring_model()
             context = llm.tokenize(prefix.encode("utf-8"), add_bos=True, special=False) if prefix else []
             if not context:
                 bos = llm.token_bos()

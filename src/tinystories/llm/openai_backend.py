@@ -12,12 +12,18 @@ failure, the job goes on) and UserError (bad key, unknown model: stops the job w
 The openai client's own retries are off (max_retries=0) so every retry is ours and counted.
 
 The API key is read from the environment variable named by `llm.api_key_env` at start-up and
-kept only in memory; it is never part of the identity (the cache key), a log or an error.
+kept only in memory; it is never part of the identity (the cache key), a log or an error: every
+piece of server text that reaches a message goes through `one_line`, which blanks it out
+(llm/redact.py), whatever the failure.
+
+Token log-probabilities (Request.top_logprobs): chat mode sends `logprobs: true, top_logprobs: k`,
+completion mode `logprobs: k`; both reply shapes are read into one dict per generated token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import typing
 import email.utils
 import ipaddress
 import os
@@ -25,8 +31,12 @@ import time
 from urllib.parse import urlsplit
 
 from tinystories.errors import UserError
-from tinystories.llm.base import RawResult, Request, RequestError, TransientError
-from tinystories.llm.config import LLMConfig
+from tinystories.llm import logprobs as token_logprobs
+from tinystories.llm.base import RawResult, Request, RequestError, TokenLogprobs, TransientError
+from tinystories.llm.redact import one_line, redact_secrets, remember_secret
+
+if typing.TYPE_CHECKING:  # type hints only: the config module imports the backend registry
+    from tinystories.llm.config import LLMConfig
 
 # Local servers (llama.cpp, vLLM without --api-key) ignore the key, but the openai client
 # refuses to start without one; this placeholder says what it is if a server ever logs it.
@@ -44,11 +54,6 @@ def is_local_host(host: str) -> bool:
         # A name without a dot ("gpu-box") cannot be a public internet host.
         return bool(host) and "." not in host
     return ip.is_loopback or ip.is_private or ip.is_link_local
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    out = " ".join(str(text).split())
-    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 def retry_after_seconds(headers) -> float | None:
@@ -77,7 +82,7 @@ def retry_after_seconds(headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_message(exc, secret: str) -> str:
+def _error_message(exc) -> str:
     """The server's error message, one line, with the key blanked out (a server may quote the key
     it refused, and the message ends up on screen and in the manifest)."""
     body = getattr(exc, "body", None)
@@ -88,7 +93,9 @@ def _error_message(exc, secret: str) -> str:
             message = str(inner["message"])
         elif isinstance(inner, str):
             message = inner
-    return one_line(message.replace(secret, "<the key>"), 200)
+    elif isinstance(body, str) and body.strip():  # not JSON: a proxy's page, plain text
+        message = body
+    return one_line(message, 200)
 
 
 def endpoint_urls(cfg: LLMConfig) -> list[str]:
@@ -107,6 +114,7 @@ def api_key(cfg: LLMConfig, urls: list[str]) -> str:
     """The key from the environment; a placeholder when every server is local; else a UserError."""
     key = os.environ.get(cfg.api_key_env, "").strip() if cfg.api_key_env else ""
     if key:
+        remember_secret(key)
         return key
     remote = [u for u in urls if not is_local_host(urlsplit(u).hostname or "")]
     if remote:
@@ -130,13 +138,35 @@ def request_body(cfg: LLMConfig, request: Request) -> tuple[str, dict]:
     body.update(max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p, seed=request.seed)
     if request.stop:
         body["stop"] = list(request.stop)
+    if request.top_logprobs:
+        if cfg.mode == "chat":
+            body.update(logprobs=True, top_logprobs=request.top_logprobs)
+        else:
+            body["logprobs"] = request.top_logprobs
     return path, body
 
 
-def parse_reply(cfg: LLMConfig, reply: object, where: str) -> RawResult:
+def parse_logprobs(cfg: LLMConfig, choice: dict, where: str) -> TokenLogprobs:
+    """The per-token log-probabilities of a reply to a request that asked for them."""
+    logprobs = choice.get("logprobs")
+    if token_logprobs.missing(cfg.mode, logprobs):
+        option = "logprobs/top_logprobs" if cfg.mode == "chat" else "logprobs"
+        raise UserError(f"llm: {where} returned no token log-probabilities though the request asked for them ({option}); "
+                        f"use a server that supports the {option} option, or do not ask for log-probabilities")
+    try:
+        return token_logprobs.from_reply(cfg.mode, logprobs)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise TransientError(f"garbage reply from {where}: unreadable logprobs ({one_line(logprobs, 80)})") from None
+
+
+def parse_reply(cfg: LLMConfig, reply: object, where: str, top_logprobs: int = 0) -> RawResult:
     """A RawResult from a completion's JSON; TransientError("garbage reply ...") when it is not one."""
     if not isinstance(reply, dict):  # the openai client hands back text when the reply is not JSON
         raise TransientError(f"garbage reply from {where}: not JSON ({one_line(reply, 80)!r})")
+    if isinstance(reply.get("error"), (dict, str)) and not reply.get("choices"):  # an error object sent with status 200
+        error = reply["error"]
+        message = (error.get("message") or error.get("type") or "no message") if isinstance(error, dict) else error
+        raise TransientError(f"error reply from {where} with status 200: {one_line(message, 160)}")
     try:
         choice = reply["choices"][0]
         text = choice["message"].get("content") if cfg.mode == "chat" else choice["text"]
@@ -151,11 +181,13 @@ def parse_reply(cfg: LLMConfig, reply: object, where: str) -> RawResult:
     except (TypeError, ValueError):
         raise TransientError(f"garbage reply from {where}: usage is not token counts ({one_line(usage, 80)})") from None
     return RawResult(
-        text=text or "",
+        # A server that quotes the request back in its answer must not put the key into the data.
+        text=redact_secrets(text or ""),
         finish_reason=finish,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        model=str(reply.get("model") or cfg.model),
+        model=redact_secrets(str(reply.get("model") or cfg.model)),
+        logprobs=parse_logprobs(cfg, choice, where) if top_logprobs else None,
     )
 
 
@@ -171,8 +203,7 @@ class OpenAIBackend:
         self.cfg = cfg
         self.max_concurrency = cfg.concurrency
         self.urls = endpoint_urls(cfg)
-        key = api_key(cfg, self.urls)
-        self.__key = key  # name-mangled and never printed: see __repr__
+        self.__key = api_key(cfg, self.urls)  # name-mangled and never printed: see __repr__
         self.in_flight = [0] * len(self.urls)
         self.sent = [0] * len(self.urls)  # calls per URL, for the load-spreading check
         self._next = 0
@@ -238,6 +269,11 @@ class OpenAIBackend:
             except RuntimeError:  # a pool left over from an event loop that is gone
                 pass
 
+    def close(self) -> None:
+        # The clients' pools belong to an event loop that has ended (aclose ran at its end); dropping
+        # them is all that is left, and the next generate makes new ones.
+        self._clients, self._loop = None, None
+
     # -- one call --------------------------------------------------------------------------------
     async def generate(self, request: Request) -> RawResult:
         import openai
@@ -269,11 +305,11 @@ class OpenAIBackend:
             raise TransientError(f"garbage reply from {url}: not JSON ({one_line(exc, 120)})") from None
         finally:
             self.in_flight[i] -= 1
-        return parse_reply(self.cfg, reply, url)
+        return parse_reply(self.cfg, reply, url, request.top_logprobs)
 
     def _status_error(self, exc, url: str) -> Exception:
         status = exc.status_code
-        detail = _error_message(exc, self.__key)
+        detail = _error_message(exc)
         env = self.cfg.api_key_env
         if status in (401, 403):
             return UserError(

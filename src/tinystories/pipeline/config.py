@@ -1,9 +1,10 @@
 """Config: one YAML per run, one section per stage, each mapped onto a dataclass.
 
-Stage modules declare their own `Config` dataclass (fields with a one-line comment); this
-module assembles the root from the stage registry, applies `--set section.key=value`
-overrides strictly (unknown key or wrong type is an error), runs every section's cross-field
-`check()`, and raises once with every problem found.
+Stage modules declare their own `Config` dataclass (fields with a one-line comment); the
+caller passes the sections (the registry's `load_run_config` passes every stage's, so this
+module never imports the stages), `--set section.key=value` overrides apply strictly (unknown
+key or wrong type is an error, blamed on the `--set` that caused it), every section's
+cross-field `check()` runs, and one error names every problem found.
 """
 
 from __future__ import annotations
@@ -20,14 +21,10 @@ import yaml
 
 from tinystories.errors import UserError
 
-# Sections that are not stages but are shared by several of them.
 from tinystories.llm.config import LLMConfig
 
-
-def derive_seed(seed: int, stage: str) -> int:
-    """Each stage gets its own seed, derived from the run's one top-level seed."""
-    digest = hashlib.sha256(f"{seed}:{stage}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+# YAML 1.1 reads these bare words as booleans; a text option (dedup: off) means the word.
+_YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
 def _type_name(tp: Any) -> str:
@@ -55,6 +52,8 @@ def convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         problems.append(sub_problems[0] if sub_problems else f"{where}: unexpected value {value!r}")
         return value
     if origin is typing.Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            value = next((w for w in _YAML_BOOL_WORDS[value] if w in args), value)
         if value not in args:
             problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
@@ -95,7 +94,8 @@ def convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             # YAML reads 1M as a string but 10 as an int: accept scalars where text is expected.
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return str(value)
-            problems.append(f"{where}: expected text, got {value!r}")
+            hint = " (YAML reads on/off/yes/no as true/false: quote the word, e.g. 'off')" if isinstance(value, bool) else ""
+            problems.append(f"{where}: expected text, got {value!r}{hint}")
         return value
     return value
 
@@ -106,8 +106,11 @@ def build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            problems.append(f"{where}.{key}: unknown option (known: {known})")
+            moved = [name for name, tp in hints.items() if dataclasses.is_dataclass(tp) and key in {f.name for f in dataclasses.fields(tp)}]
+            if moved:
+                problems.append(f"{where}.{key}: unknown option; it lives under {where}.{moved[0]}.{key} now")
+            else:
+                problems.append(f"{where}.{key}: unknown option (known: {', '.join(sorted(fields))})")
             continue
         kwargs[key] = convert(value, hints[key], f"{where}.{key}", problems)
     try:
@@ -119,16 +122,6 @@ def build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
     if callable(check) and not problems:
         problems.extend(f"{where}.{p}" if not p.startswith(where) else p for p in check())
     return obj
-
-
-def sections() -> dict[str, type]:
-    """Section name -> dataclass: `llm` plus every registered stage's own section."""
-    from tinystories.pipeline.registry import STAGES
-
-    out: dict[str, type] = {"llm": LLMConfig}
-    for stage in STAGES:
-        out[stage.section] = stage.Config
-    return out
 
 
 class Config:
@@ -143,6 +136,16 @@ class Config:
         if name in values:
             return values[name]
         raise AttributeError(name)
+
+    @property
+    def section_names(self) -> list[str]:
+        return list(self._values)
+
+    def view(self, names: typing.Iterable[str]) -> "Config":
+        """The same config holding only the named sections: what the executor hands a stage,
+        so that reading an undeclared section fails loudly instead of escaping the config hash."""
+        names = [n for n in names if n in self._values]
+        return _SectionView(self.seed, {n: self._values[n] for n in names}, owner=", ".join(names))
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"seed": self.seed}
@@ -174,9 +177,25 @@ class Config:
         return merged
 
 
+class _SectionView(Config):
+    def __init__(self, seed: int, values: dict[str, Any], owner: str):
+        super().__init__(seed, values)
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            return values[name]
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"config section {name!r} is not declared by this stage (it may read: {self.__dict__.get('_owner')}); add it to the stage's USES"
+        )
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set pretrain.max_steps=100")
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set pretrain.train.max_steps=100")
     key, raw = item.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if len(path) < 2 and path != ["seed"]:
@@ -185,29 +204,56 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # --set x=off means the word; only true/false are booleans here
     return path, value
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> Config:
-    """Read a YAML file (or `base`), apply overrides, check everything, raise once."""
+def _read_yaml(path: Path, where: str) -> dict:
+    if not path.exists():
+        raise UserError(f"{where} {path}: file not found; pass an existing YAML file such as configs/quickstart.yaml")
+    if path.is_dir():
+        raise UserError(f"{where} {path}: is a directory, not a YAML file; name the config file inside it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{where} {path}: is not UTF-8 text; save the config as UTF-8 YAML") from None
+    except OSError as exc:
+        raise UserError(f"{where} {path}: cannot be read ({exc.strerror}); check its permissions") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{where} {path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{where} {path}: expected a mapping of sections (seed:, llm:, generate:, ...), got {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    base: dict | None = None,
+    sections: dict[str, type] | None = None,
+    where: str | None = None,
+) -> Config:
+    """Read a YAML file (or `base`), apply overrides, check everything, raise once.
+
+    `sections` maps section names to their dataclasses (the registry's `config_sections()`);
+    `where` names the file in errors (default `--config PATH`)."""
+    if sections is None:
+        sections = {"llm": LLMConfig}
     data: dict[str, Any] = {}
     if base is not None:
         data = json.loads(json.dumps(base))
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise UserError(f"--config {path}: file not found; pass an existing YAML file such as configs/quickstart.yaml")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise UserError(f"--config {path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"--config {path}: expected a mapping of sections (seed:, llm:, generate:, ...), got {type(loaded).__name__}")
-        data = _deep_merge(data, loaded)
+        where = where or "--config"
+        data = _deep_merge(data, _read_yaml(path, where))
+    override_keys: dict[str, str] = {}
     for item in overrides:
         keys, value = _parse_override(item)
         node = data
@@ -216,8 +262,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             if not isinstance(node, dict):
                 raise UserError(f"--set {item!r}: {k} is not a section")
         node[keys[-1]] = value
+        override_keys[".".join(keys)] = item
 
-    known = sections()
+    known = sections
     problems: list[str] = []
     seed = data.pop("seed", 1337)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -234,9 +281,18 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raw = {}
         values[name] = build(cls, raw, name, problems)
     if problems:
-        where = f"config {path}" if path else "config"
-        raise UserError(f"{where}: " + "; ".join(problems))
+        raise UserError(_blame(problems, override_keys, f"{where} {path}" if path else "config"))
     return Config(seed, values)
+
+
+def _blame(problems: list[str], override_keys: dict[str, str], source: str) -> str:
+    """One line: problems caused by a --set are blamed on it, the rest on the config file."""
+    from_set, from_file = [], []
+    for problem in problems:
+        item = next((item for key, item in override_keys.items() if problem.startswith(key + ":") or problem.startswith(key + ".") or problem.startswith(key + "[")), None)
+        (from_set if item else from_file).append(f"--set {item}: {problem}" if item else problem)
+    parts = from_set + ([f"{source}: " + "; ".join(from_file)] if from_file else [])
+    return "; ".join(parts)
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

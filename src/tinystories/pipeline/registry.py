@@ -1,33 +1,31 @@
-"""The stage registry and the executor that both the CLI and `tinystories run` use.
+"""The stage registry: pipeline order and the `Stage` wrapper the CLI and the executor use.
 
-A stage is a module with `NAME`, `SECTION`, `USES` (other config sections that change its
-output), a `Config` dataclass, `inputs(cfg)`, `outputs(cfg)` (run-dir-relative paths) and
-`run(cfg, rundir) -> dict` (its metrics). Only stages that really work are listed here.
-Stage modules keep their heavy imports (torch, llama_cpp) inside functions so that
-`tinystories --help` and config loading stay fast.
+A stage is a module with `NAME`, `SECTION`, `USES` (the other config sections it reads; each
+one changes its output), a `Config` dataclass, `inputs(cfg)`, `outputs(cfg)` (run-dir-relative
+paths) and `run(cfg, rundir, force=False) -> dict` (its metrics). Stage modules keep their heavy
+imports (torch, llama_cpp) inside functions so that `tinystories --help` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
-import os
-import time
-import traceback
+import typing
 from dataclasses import dataclass
-from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 
 from tinystories.errors import UserError
-from tinystories.io.rundir import RunDir, now_iso, sha256_path
+from tinystories.llm.config import LLMConfig
+
+if typing.TYPE_CHECKING:
+    from tinystories.io.rundir import RunDir
+    from tinystories.pipeline.config import Config
 
 # Pipeline order. `tinystories run` walks this list.
 STAGE_MODULES: list[str] = [
     "data.vocab", "data.generate", "data.import_stories", "train.tokenizer", "train.prepare", "train.pretrain",
     "data.instruct_data", "train.sft", "eval.complete", "eval.judge", "eval.report",
 ]
-
-_PACKAGES = ("tinystories", "torch", "transformers", "tokenizers", "accelerate", "llama_cpp_python", "openai", "datasketch")
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,11 @@ class Stage:
         return tuple(getattr(self.module, "USES", ()))
 
     @property
+    def sections(self) -> tuple[str, ...]:
+        """Every config section the stage may read: its own and those it declares in USES."""
+        return (self.section, *self.uses)
+
+    @property
     def help(self) -> str:
         doc = (self.module.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else self.name
@@ -61,7 +64,7 @@ class Stage:
     def outputs(self, cfg) -> list[str]:
         return list(self.module.outputs(cfg))
 
-    def run(self, cfg, rundir: RunDir, force: bool = False) -> dict:
+    def run(self, cfg, rundir: "RunDir", force: bool = False) -> dict:
         return self.module.run(cfg, rundir, force=force) or {}
 
 
@@ -75,108 +78,27 @@ def get_stage(name: str) -> Stage:
     raise UserError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
 
 
-def package_versions() -> dict[str, str]:
-    out = {}
-    for pkg in _PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+def config_sections() -> dict[str, type]:
+    """Section name -> dataclass: `llm` plus every registered stage's own section."""
+    out: dict[str, type] = {"llm": LLMConfig}
+    for stage in STAGES:
+        out[stage.section] = stage.Config
     return out
 
 
-def _producer_of(rel: str, cfg) -> str | None:
+def load_run_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None, where: str | None = None) -> "Config":
+    """A run's config with every registered stage's section (see pipeline.config.load_config)."""
+    from tinystories.pipeline.config import load_config
+
+    return load_config(path, overrides, base=base, sections=config_sections(), where=where)
+
+
+def producer_of(rel: str, cfg) -> Stage | None:
+    """The stage whose outputs include the run-dir path `rel` under this config."""
     for stage in STAGES:
         try:
             if rel in stage.outputs(cfg):
-                return stage.name
+                return stage
         except AttributeError:  # a config without that stage's section (tests build partial ones)
             continue
     return None
-
-
-def is_main_process() -> bool:
-    """Under torchrun / accelerate launch every rank runs the stage; only rank 0 keeps the books."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def is_current(stage: Stage, cfg, rundir: RunDir, config_hash: str, inputs: dict[str, str]) -> bool:
-    """True when the manifest says the stage finished with this config hash and these input hashes."""
-    rec = rundir.stage_record(stage.name)
-    if not rec or rec.get("status") != "done":
-        return False
-    if rec.get("config_hash") != config_hash:
-        return False
-    if any(not rundir.path(rel).exists() for rel in stage.outputs(cfg)):
-        return False
-    return inputs == rec.get("inputs")
-
-
-def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False) -> dict:
-    """Run one stage unless it is current; record everything in the manifest."""
-    from tinystories.pipeline.config import derive_seed
-
-    rundir.ensure()
-    for rel in stage.inputs(cfg):
-        if not rundir.path(rel).exists():
-            producer = _producer_of(rel, cfg)
-            hint = f"run `tinystories {producer} --run-dir {rundir.root}` first" if producer else "create it first"
-            raise UserError(f"{stage.name}: missing input {rundir.path(rel)}; {hint}")
-    # Hashed once: the skip check and the record both need them, and inputs can be multi-GB.
-    config_hash = cfg.hash([stage.section, *stage.uses])
-    inputs = {rel: sha256_path(rundir.path(rel)) for rel in stage.inputs(cfg)}
-    if not force and is_current(stage, cfg, rundir, config_hash, inputs):
-        rec = rundir.stage_record(stage.name)
-        return {"status": "skipped", "metrics": rec.get("metrics", {})}
-
-    record = {
-        "status": "running",
-        "config_hash": config_hash,
-        "inputs": inputs,
-        "seed": derive_seed(cfg.seed, stage.name),
-        "versions": package_versions(),
-        "started_at": now_iso(),
-    }
-    main = is_main_process()
-    if main:
-        rundir.update_stage(stage.name, record)
-
-    logger = logging.getLogger("tinystories")
-    logger.setLevel(logging.INFO)
-    log_name = f"logs/{stage.name}.log" if main else f"logs/{stage.name}.rank{os.environ.get('RANK')}.log"
-    handler = logging.FileHandler(rundir.path(log_name), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.info("stage %s started (config %s)", stage.name, config_hash[:12])
-    t0 = time.time()
-    try:
-        # A stage that resumes its own partial work must know that --force asked it to start over.
-        metrics = stage.run(cfg, rundir, force=force)
-    except BaseException as exc:
-        record.update(
-            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-            error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__,
-            finished_at=now_iso(),
-            wall_s=round(time.time() - t0, 3),
-        )
-        if not isinstance(exc, (UserError, KeyboardInterrupt)):
-            logger.error("stage %s failed:\n%s", stage.name, traceback.format_exc())
-        if main:
-            rundir.update_stage(stage.name, record)
-        raise
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-    missing = [rel for rel in stage.outputs(cfg) if not rundir.path(rel).exists()]
-    if missing:
-        raise RuntimeError(f"stage {stage.name} finished without writing {', '.join(missing)}")
-    record.update(
-        status="done",
-        outputs={rel: sha256_path(rundir.path(rel)) for rel in stage.outputs(cfg)},
-        metrics=metrics,
-        finished_at=now_iso(),
-        wall_s=round(time.time() - t0, 3),
-    )
-    if main:
-        rundir.update_stage(stage.name, record)
-    return {"status": "done", "metrics": metrics}

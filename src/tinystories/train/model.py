@@ -17,7 +17,8 @@ CPU and memory-hungry everywhere. `FastGPTNeo` computes exactly the same functio
 (tests/test_model.py checks the logits against `GPTNeoForCausalLM` on the same weights) with:
 - `F.scaled_dot_product_attention(scale=1.0)` (GPT-Neo does not scale scores by 1/sqrt(d)),
   never a materialised score tensor; on CPU in query chunks that see only their reachable keys
-  (causal, and the window for local layers; see causal_attention for why and the timings);
+  (causal, and the window for local layers; see chunked_attention for why and the timings);
+  on GPUs one call with the banded mask (fused_attention, checked against the CPU path on a CPU);
 - one fused QKV projection (one GEMM instead of three; q/k/v have no bias in GPT-Neo);
 - a loss that never materialises shifted copies of the logits (labels are shifted instead);
 - bf16 autocast and optional `torch.compile` (both chosen by the trainer).
@@ -25,273 +26,175 @@ CPU and memory-hungry everywhere. `FastGPTNeo` computes exactly the same functio
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from tinystories.errors import UserError
+from tinystories.io.layout import CHECKPOINT_INFO
 
-# The named sizes of the paper (hidden size, layers); everything else is shared. The names
-# count non-embedding parameters roughly, as the paper does. max_position 2048 matches the
-# released TinyStories-* checkpoints (the paper trains at context 512).
-PRESETS: dict[str, dict[str, Any]] = {
-    "1M": {"hidden_size": 64, "num_layers": 8},
-    "3M": {"hidden_size": 128, "num_layers": 8},
-    "8M": {"hidden_size": 256, "num_layers": 8},
-    "28M": {"hidden_size": 512, "num_layers": 8},
-    "33M": {"hidden_size": 768, "num_layers": 4},
-}
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A GPT-Neo architecture without its vocabulary (that comes from the tokenizer)."""
-
-    hidden_size: int = 64  # model width d
-    num_layers: int = 8  # transformer blocks
-    num_heads: int = 16  # attention heads (hidden_size must be divisible by it)
-    window_size: int = 256  # local layers attend to the last window_size positions (self included)
-    max_position: int = 2048  # rows of the learned position table = longest usable context
-    intermediate_size: int = 0  # MLP width (0 = 4 * hidden_size, GPT-Neo's default)
-    attention: str = "global,local"  # per-layer attention types, repeated cyclically over the layers
-
-    @property
-    def ffn_size(self) -> int:
-        return self.intermediate_size or 4 * self.hidden_size
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def attention_layers(self) -> list[str]:
-        pattern = [p.strip() for p in self.attention.split(",") if p.strip()]
-        return [pattern[i % len(pattern)] for i in range(self.num_layers)]
-
-    def problems(self, where: str = "shape") -> list[str]:
-        out = []
-        for name in ("hidden_size", "num_layers", "num_heads", "window_size", "max_position"):
-            if getattr(self, name) < 1:
-                out.append(f"{where}.{name}: must be >= 1")
-        if self.intermediate_size < 0:
-            out.append(f"{where}.intermediate_size: must be >= 0 (0 = 4 * hidden_size)")
-        if self.num_heads >= 1 and self.hidden_size % self.num_heads:
-            out.append(f"{where}: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; pick a divisor")
-        pattern = [p.strip() for p in self.attention.split(",") if p.strip()]
-        if not pattern or any(p not in ("global", "local") for p in pattern):
-            out.append(f"{where}.attention: {self.attention!r} must be a comma-separated list of 'global' and 'local'")
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(Shape))
-
-
-def resolve_shape(name: str, custom: dict[str, dict] | None = None) -> Shape:
-    """A preset name, or a name defined in `custom` (name -> Shape fields)."""
-    custom = custom or {}
-    if name in custom:
-        fields = custom[name]
-        unknown = sorted(set(fields) - set(SHAPE_FIELDS))
-        if unknown:
-            raise UserError(f"pretrain.shapes.{name}: unknown field(s) {', '.join(unknown)} (known: {', '.join(SHAPE_FIELDS)})")
-        shape = Shape(**fields)
-    elif name in PRESETS:
-        shape = Shape(**PRESETS[name])
-    else:
-        known = ", ".join(list(PRESETS) + sorted(custom))
-        raise UserError(f"pretrain.sizes: unknown size {name!r}; use one of {known} or define it under pretrain.shapes")
-    problems = shape.problems(f"pretrain.shapes.{name}" if name in custom else name)
-    if problems:
-        raise UserError("; ".join(problems))
-    return shape
-
+# Re-exported: benchmarks and older callers import the shapes from here.
+from tinystories.train.shapes import PRESETS, SHAPE_FIELDS, Shape, count_params, resolve_shape, train_flops_per_token  # noqa: F401
 
 # Query rows per SDPA call on CPU (see causal_attention); 256 measured best of 64/128/256.
 ATTN_CHUNK = 256
+# GPT-Neo's layer norm epsilon; FastGPTNeo hard-codes it (load_hf refuses checkpoints with another).
+LAYER_NORM_EPS = 1e-5
 
 
-def _torch():
-    import torch  # heavy: imported only when a model is built
-
-    return torch
-
-
-def build_module_classes():
-    """Define the nn.Module classes lazily so importing this module does not import torch."""
-    torch = _torch()
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    def causal_attention(q, k, v, window):
-        """GPT-Neo attention on (B, H, T, hd): causal, unscaled scores (scale=1.0), and for local
-        layers (window = w) only the last w positions, self included.
-
-        On CPU the queries go in chunks of ATTN_CHUNK rows, each given only the keys it can
-        see: PyTorch's CPU flash kernel does about as much work for a causal T x T square as for
-        a full one (its cost is per query block x key block, and at small head sizes that
-        overhead, not the arithmetic, dominates), so cutting the key range per chunk is what
-        saves time; a masked full square would cost more still. Measured (1 thread, B=4,
-        T=512, bf16, fwd+bwd per layer): head size 4: 69 -> 58 ms, 48: 138 -> 113 ms (global);
-        local: full band mask 79 -> 60 ms. On GPUs the fused kernels already skip masked
-        blocks, so there: one call, is_causal or a band mask.
-        """
-        T = q.size(2)
-        if q.device.type != "cpu":
-            if window is None or window >= T:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
-            i = torch.arange(T, device=q.device)
-            diff = i[:, None] - i[None, :]
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=(diff >= 0) & (diff < window), scale=1.0)
-        outs = []
-        for start in range(0, T, ATTN_CHUNK):
-            end = min(T, start + ATTN_CHUNK)
-            lo = 0 if window is None else max(0, start - window + 1)
-            if start == 0 and (window is None or window >= end):
-                outs.append(F.scaled_dot_product_attention(q[:, :, :end], k[:, :, :end], v[:, :, :end], is_causal=True, scale=1.0))
-                continue
-            i = torch.arange(start, end, device=q.device)[:, None]
-            j = torch.arange(lo, end, device=q.device)[None, :]
-            mask = (j <= i) if window is None else (j <= i) & (i - j < window)
-            outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, lo:end], v[:, :, lo:end], attn_mask=mask, scale=1.0))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-
-    class Block(nn.Module):
-        def __init__(self, shape: Shape, kind: str):
-            super().__init__()
-            d = shape.hidden_size
-            self.kind = kind
-            self.num_heads = shape.num_heads
-            self.window = shape.window_size
-            self.ln_1 = nn.LayerNorm(d, eps=1e-5)
-            # q, k, v stacked in one [3d, d] weight: one GEMM; split apart again on export.
-            self.qkv = nn.Linear(d, 3 * d, bias=False)
-            self.out_proj = nn.Linear(d, d, bias=True)
-            self.ln_2 = nn.LayerNorm(d, eps=1e-5)
-            self.c_fc = nn.Linear(d, shape.ffn_size)
-            self.c_proj = nn.Linear(shape.ffn_size, d)
-
-        def attention(self, x):
-            B, T, d = x.shape
-            H = self.num_heads
-            qkv = self.qkv(x).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            window = self.window if self.kind == "local" else None
-            y = causal_attention(q, k, v, window)
-            return self.out_proj(y.transpose(1, 2).reshape(B, T, d))
-
-        def forward(self, x):
-            x = x + self.attention(self.ln_1(x))
-            return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class FastGPTNeo(nn.Module):
-        """GPT-Neo's function (see the module docstring), built for training speed."""
-
-        def __init__(self, shape: Shape, vocab_size: int):
-            super().__init__()
-            self.shape = shape
-            self.vocab_size = vocab_size
-            d = shape.hidden_size
-            self.wte = nn.Embedding(vocab_size, d)
-            self.wpe = nn.Embedding(shape.max_position, d)
-            self.h = nn.ModuleList(Block(shape, kind) for kind in shape.attention_layers)
-            self.ln_f = nn.LayerNorm(d, eps=1e-5)
-            self.reset_parameters()
-
-        def reset_parameters(self, std: float = 0.02) -> None:
-            # GPT-Neo's own initialisation (transformers' _init_weights with initializer_range 0.02).
-            for m in self.modules():
-                if isinstance(m, (nn.Linear, nn.Embedding)):
-                    nn.init.normal_(m.weight, mean=0.0, std=std)
-                    if getattr(m, "bias", None) is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.LayerNorm):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
-
-        def hidden(self, input_ids):
-            B, T = input_ids.shape
-            if T > self.shape.max_position:
-                raise ValueError(f"sequence length {T} exceeds max_position {self.shape.max_position}")
-            pos = torch.arange(T, device=input_ids.device)
-            x = self.wte(input_ids) + self.wpe(pos)
-            for block in self.h:
-                x = block(x)
-            return self.ln_f(x)
-
-        def forward(self, input_ids, labels=None, reduction: str = "mean"):
-            """Logits (B, T, V); or with `labels` (HF convention: same length as input_ids,
-            -100 = ignored, shifted inside) the cross-entropy, `mean` over counted tokens or `sum`."""
-            h = self.hidden(input_ids)
-            logits = F.linear(h, self.wte.weight)  # tied lm_head, as in GPT-Neo
-            if labels is None:
-                return logits
-            # Shift the labels, not the logits: slicing logits[:, :-1] would copy B*T*V values.
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=reduction)
-
-        def num_params(self, embeddings: bool = True) -> int:
-            n = sum(p.numel() for p in self.parameters())
-            if not embeddings:
-                n -= self.wte.weight.numel() + self.wpe.weight.numel()
-            return n
-
-    return Block, FastGPTNeo
+def band_mask(query_start: int, query_end: int, key_start: int, key_end: int, window: int | None, device) -> torch.Tensor:
+    """Boolean [queries, keys] mask of what GPT-Neo lets a query see: keys at or before it,
+    and for a local layer (window = w) only the last w of them, self included."""
+    i = torch.arange(query_start, query_end, device=device)[:, None]
+    j = torch.arange(key_start, key_end, device=device)[None, :]
+    return (j <= i) if window is None else (j <= i) & (i - j < window)
 
 
-_CLASSES: dict | None = None
+def fused_attention(q, k, v, window: int | None):
+    """One SDPA call over the whole sequence: is_causal, or the band mask for a local layer.
+
+    The path for GPUs, whose fused kernels skip fully masked blocks themselves; it runs on a
+    CPU too, which is how tests/test_model.py checks it against the chunked CPU path."""
+    T = q.size(2)
+    if window is None or window >= T:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(0, T, 0, T, window, q.device), scale=1.0)
 
 
-def __getattr__(name: str):
-    """`from tinystories.train.model import FastGPTNeo` builds the torch classes on first use (PEP 562),
-    so the presets and config checks above stay importable without importing torch."""
-    global _CLASSES
-    if name in ("FastGPTNeo", "Block"):
-        if _CLASSES is None:
-            block, fast = build_module_classes()
-            _CLASSES = {"Block": block, "FastGPTNeo": fast}
-        return _CLASSES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def chunked_attention(q, k, v, window: int | None):
+    """The CPU path: queries in chunks of ATTN_CHUNK rows, each given only the keys it can see.
 
-
-# --- flops -------------------------------------------------------------------------------------
-
-
-def train_flops_per_token(shape: Shape, vocab_size: int, context: int) -> float:
-    """Training FLOPs per token: 6 * matmul params + attention.
-
-    matmul params = layers * (4 d^2 [qkv + out] + 2 d f [MLP]) + V d [tied lm_head]; embeddings
-    lookups and position table are not matmuls. Attention per token per layer, forward:
-    2 * 2 * d * n_keys (QK^T and PV), n_keys the mean number of keys a query attends to
-    (causal: (T+1)/2, local: capped by the window); backward is 2x forward, so x3 overall.
+    PyTorch's CPU flash kernel does about as much work for a causal T x T square as for a full
+    one (its cost is per query block x key block, and at small head sizes that overhead, not
+    the arithmetic, dominates), so cutting the key range per chunk is what saves time; a masked
+    full square would cost more still. Measured (1 thread, B=4, T=512, bf16, fwd+bwd per layer):
+    head size 4: 69 -> 58 ms, 48: 138 -> 113 ms (global); local: full band mask 79 -> 60 ms.
     """
-    d, f, L = shape.hidden_size, shape.ffn_size, shape.num_layers
-    n_matmul = L * (4 * d * d + 2 * d * f) + vocab_size * d
-    attn = 0.0
-    for kind in shape.attention_layers:
-        if kind == "local" and shape.window_size < context:
-            w = shape.window_size
-            keys = (w * (w + 1) / 2 + (context - w) * w) / context
-        else:
-            keys = (context + 1) / 2
-        attn += 3 * 4 * d * keys
-    return 6.0 * n_matmul + attn
+    T = q.size(2)
+    outs = []
+    for start in range(0, T, ATTN_CHUNK):
+        end = min(T, start + ATTN_CHUNK)
+        lo = 0 if window is None else max(0, start - window + 1)
+        if start == 0 and (window is None or window >= end):
+            outs.append(F.scaled_dot_product_attention(q[:, :, :end], k[:, :, :end], v[:, :, :end], is_causal=True, scale=1.0))
+            continue
+        mask = band_mask(start, end, lo, end, window, q.device)
+        outs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, lo:end], v[:, :, lo:end], attn_mask=mask, scale=1.0))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def causal_attention(q, k, v, window: int | None):
+    """GPT-Neo attention on (B, H, T, hd): causal, unscaled scores (scale=1.0), and for local
+    layers (window = w) only the last w positions, self included; chunked on CPU, fused elsewhere."""
+    return chunked_attention(q, k, v, window) if q.device.type == "cpu" else fused_attention(q, k, v, window)
+
+
+class Block(nn.Module):
+    def __init__(self, shape: Shape, kind: str):
+        super().__init__()
+        d = shape.hidden_size
+        self.kind = kind
+        self.num_heads = shape.num_heads
+        self.window = shape.window_size
+        self.ln_1 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        # q, k, v stacked in one [3d, d] weight: one GEMM; split apart again on export.
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out_proj = nn.Linear(d, d, bias=True)
+        self.ln_2 = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.c_fc = nn.Linear(d, shape.ffn_size)
+        self.c_proj = nn.Linear(shape.ffn_size, d)
+
+    def attention(self, x):
+        B, T, d = x.shape
+        H = self.num_heads
+        qkv = self.qkv(x).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        window = self.window if self.kind == "local" else None
+        y = causal_attention(q, k, v, window)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, d))
+
+    def forward(self, x):
+        x = x + self.attention(self.ln_1(x))
+        # gelu_new (GPT-Neo's activation) is GELU's tanh approximation.
+        return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class FastGPTNeo(nn.Module):
+    """GPT-Neo's function (see the module docstring), built for training speed."""
+
+    def __init__(self, shape: Shape, vocab_size: int):
+        super().__init__()
+        self.shape = shape
+        self.vocab_size = vocab_size
+        d = shape.hidden_size
+        self.wte = nn.Embedding(vocab_size, d)
+        self.wpe = nn.Embedding(shape.max_position, d)
+        self.h = nn.ModuleList(Block(shape, kind) for kind in shape.attention_layers)
+        self.ln_f = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        # GPT-Neo's own initialisation (transformers' _init_weights with initializer_range 0.02).
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def hidden(self, input_ids):
+        B, T = input_ids.shape
+        if T > self.shape.max_position:
+            raise ValueError(f"sequence length {T} exceeds max_position {self.shape.max_position}")
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.wte(input_ids) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, input_ids, labels=None, reduction: str = "mean"):
+        """Logits (B, T, V); or with `labels` (HF convention: same length as input_ids,
+        -100 = ignored, shifted inside) the cross-entropy, `mean` over counted tokens or `sum`."""
+        h = self.hidden(input_ids)
+        logits = F.linear(h, self.wte.weight)  # tied lm_head, as in GPT-Neo
+        if labels is None:
+            return logits
+        # Shift the labels, not the logits: slicing logits[:, :-1] would copy B*T*V values.
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=reduction)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            n -= self.wte.weight.numel() + self.wpe.weight.numel()
+        return n
 
 
 # --- Hugging Face export / import --------------------------------------------------------------
+
+
+# The GPT-Neo settings FastGPTNeo computes with (and exports); a checkpoint with others is a
+# different function, which load_hf refuses rather than silently replaces.
+FIXED_HF_SETTINGS = {
+    "activation_function": "gelu_new",
+    "layer_norm_epsilon": LAYER_NORM_EPS,
+    "resid_dropout": 0.0,
+    "embed_dropout": 0.0,
+    "attention_dropout": 0.0,
+}
 
 
 def hf_config(shape: Shape, vocab_size: int, eos_token_id: int | None = None):
     from transformers import GPTNeoConfig
 
     layers = shape.attention_layers
-    pattern = [p.strip() for p in shape.attention.split(",") if p.strip()]
+    pattern = shape.attention_pattern
     if len(layers) % len(pattern) == 0:
         attention_types = [[pattern, len(layers) // len(pattern)]]
     else:
@@ -305,11 +208,7 @@ def hf_config(shape: Shape, vocab_size: int, eos_token_id: int | None = None):
         num_heads=shape.num_heads,
         intermediate_size=shape.intermediate_size or None,
         window_size=shape.window_size,
-        activation_function="gelu_new",
-        resid_dropout=0.0,
-        embed_dropout=0.0,
-        attention_dropout=0.0,
-        layer_norm_epsilon=1e-5,
+        **FIXED_HF_SETTINGS,
         initializer_range=0.02,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
@@ -362,7 +261,6 @@ def to_hf_state_dict(model) -> dict:
 
 
 def from_hf_state_dict(sd: dict, num_layers: int) -> dict:
-    torch = _torch()
     out = {
         "wte.weight": sd["transformer.wte.weight"],
         "wpe.weight": sd["transformer.wpe.weight"],
@@ -396,7 +294,6 @@ def save_hf(model, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
     """
     from transformers import GPTNeoForCausalLM
 
-    torch = _torch()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = hf_config(model.shape, model.vocab_size, eos_token_id)
@@ -425,7 +322,17 @@ def save_hf(model, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
             if src.exists():
                 shutil.copy2(src, out_dir / name)
     if extra is not None:
-        (out_dir / "tinystories.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (out_dir / CHECKPOINT_INFO).write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def check_fast_compatible(config, where) -> None:
+    """UserError naming the first setting of a GPT-Neo config FastGPTNeo does not compute."""
+    for name, ours in FIXED_HF_SETTINGS.items():
+        theirs = getattr(config, name, ours)
+        if theirs != ours:
+            raise UserError(f"{where}/config.json: {name} is {theirs!r}, but the training module computes GPT-Neo with {name}={ours!r} only; use a checkpoint with {name}={ours!r}")
+    if not getattr(config, "tie_word_embeddings", True):
+        raise UserError(f"{where}/config.json: tie_word_embeddings is false, but the training module ties the output layer to the embeddings; use a checkpoint with tied embeddings")
 
 
 def read_hf_shape(ckpt_dir: str | Path) -> tuple[Shape, int]:
@@ -433,6 +340,7 @@ def read_hf_shape(ckpt_dir: str | Path) -> tuple[Shape, int]:
     from transformers import GPTNeoConfig
 
     config = GPTNeoConfig.from_pretrained(str(ckpt_dir))
+    check_fast_compatible(config, ckpt_dir)
     return shape_from_hf_config(config), config.vocab_size
 
 
@@ -450,7 +358,7 @@ def load_hf(ckpt_dir: str | Path):
     sd: dict = {}
     for f in files:
         sd.update(load_file(str(f)))
-    model = __getattr__("FastGPTNeo")(shape, vocab)
+    model = FastGPTNeo(shape, vocab)
     model.load_state_dict(from_hf_state_dict(sd, shape.num_layers), strict=True)
     return model
 
@@ -469,20 +377,3 @@ def param_groups(model, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def count_params(shape: Shape, vocab_size: int) -> dict[str, int]:
-    d, f, L = shape.hidden_size, shape.ffn_size, shape.num_layers
-    per_layer = 3 * d * d + (d * d + d) + d * f + f + f * d + d + 4 * d
-    non_embedding = L * per_layer + 2 * d
-    return {
-        "params": non_embedding + vocab_size * d + shape.max_position * d,
-        "params_non_embedding": non_embedding,
-    }
-
-
-def bits_per_byte(nats_per_token: float, tokens: int, nbytes: int) -> float:
-    """Cross-entropy per UTF-8 byte in bits: comparable across tokenizers."""
-    if not nbytes:
-        return float("nan")
-    return nats_per_token * tokens / nbytes / math.log(2)

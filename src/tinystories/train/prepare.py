@@ -13,17 +13,16 @@ A correct run writes
   data/meta.json                vocab_size, eos_id, dtype and per split: tokens, stories and
                                 UTF-8 bytes of story text (eos and delimiters not counted),
                                 so bits/byte = nats/token * tokens / bytes / ln 2.
+  data/val_stories.json         the keys of the validation stories (tinystories.train.heldout),
+                                so sft holds out the very same stories.
 meta.json is written last. A killed run keeps its partial files under hidden names and
 resumes at the last finished chunk when rerun with the same tokenizer, dataset and config.
-
-Training code reads the splits with `load_split`, then `random_batch` (training) and
-`sequential_batches` (validation) cut fixed-size sequences at load time.
+The pretrain stage reads the bins as np.memmap and cuts its sequences at load time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -35,26 +34,25 @@ from pathlib import Path
 from typing import Iterator
 
 from tinystories.errors import UserError
-from tinystories.io.rundir import RunDir, read_json, write_json
+from tinystories.io.layout import EOS, META, STORY_FILE, TOKENIZER_JSON, TRAIN_BIN, UINT16_VOCAB, VAL_BIN, VAL_STORIES
+from tinystories.io.rundir import RunDir, read_json, sha256_path, write_json
+from tinystories.train.heldout import story_key, write_val_stories
 
 NAME = "prepare"
 SECTION = "prepare"
 USES: tuple[str, ...] = ("tokenizer",)
 
-DATASET = "data/tinystories_dataset.txt"
-TOKENIZER_JSON = "tokenizer/tokenizer.json"
-TRAIN_BIN = "data/train.bin"
-VAL_BIN = "data/val.bin"
-META = "data/meta.json"
 SPLITS = ("train", "val")
 DTYPE = "uint16"
-DEFAULT_CONTEXT = 512
 # Stories are encoded in groups joined by <|endoftext|>: the special token splits the text
 # before pre-tokenization, so a group encodes to exactly the stories' ids with eos between
 # them, while Python touches one id list per group instead of one per story (that per-story
 # overhead cost more than the encoding itself). Groups of a split never mix with the other.
 # 8 measured cheapest in CPU: 2 keeps most per-item cost, 32-128 cost more inside the encoder.
 GROUP_STORIES = 8
+# A line of the partial validation-keys file: a story_key (16 hex digits) and a newline. Fixed
+# width, so a resumed run truncates it back to the stories its state vouches for, like the bins.
+KEY_LINE = 17
 
 
 @dataclass
@@ -72,16 +70,11 @@ class Config:
 
 
 def inputs(cfg) -> list[str]:
-    return [DATASET, TOKENIZER_JSON]
+    return [STORY_FILE, TOKENIZER_JSON]
 
 
 def outputs(cfg) -> list[str]:
-    return [TRAIN_BIN, VAL_BIN, META]
-
-
-def _context(cfg) -> int:
-    # The pretrain section owns the context length; without it, the default the paper used.
-    return int(getattr(getattr(cfg, "pretrain", None), "context", DEFAULT_CONTEXT) or DEFAULT_CONTEXT)
+    return [TRAIN_BIN, VAL_BIN, VAL_STORIES, META]
 
 
 def _ensure_parallel_tokenizers() -> None:
@@ -89,14 +82,6 @@ def _ensure_parallel_tokenizers() -> None:
     # environments set it to silence fork warnings); this stage wants every core.
     if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() not in ("", "1", "true", "yes", "on"):
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -107,22 +92,22 @@ def _fsync(path: Path) -> None:
 def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     import numpy as np
 
-    from tinystories.pipeline.config import derive_seed
+    from tinystories.pipeline.ids import derive_seed
     from tinystories.progress import progress_bar
-    from tinystories.train.tokenizer import EOS, check_dataset, count_stories, iter_story_chunks, load_raw_tokenizer
+    from tinystories.text.storyfile import check_dataset, count_stories, iter_story_chunks
+    from tinystories.train.bpe import load_raw_tokenizer
 
     c: Config = cfg.prepare
-    context = _context(cfg)
     seed = derive_seed(cfg.seed, NAME)
-    dataset = rundir.path(DATASET)
+    dataset = rundir.path(STORY_FILE)
     check_dataset(dataset)
     tok = load_raw_tokenizer(rundir)
     eos_id = tok.token_to_id(EOS)
     vocab_size = tok.get_vocab_size()
     if eos_id is None:
         raise UserError(f"{rundir.path(TOKENIZER_JSON)}: has no {EOS} token; rerun `tinystories tokenizer --run-dir {rundir.root} --force`")
-    if vocab_size > 1 << 16:
-        raise UserError(f"{rundir.path(TOKENIZER_JSON)}: vocabulary of {vocab_size} does not fit uint16; retrain with --set tokenizer.vocab_size=65536 or less")
+    if vocab_size > UINT16_VOCAB:
+        raise UserError(f"{rundir.path(TOKENIZER_JSON)}: vocabulary of {vocab_size} does not fit uint16; retrain with --set tokenizer.vocab_size={UINT16_VOCAB} or less")
     _ensure_parallel_tokenizers()
     chunk_bytes = max(1024, int(c.chunk_mb * (1 << 20)))
 
@@ -144,7 +129,7 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     identity = {
         "dataset_size": stat.st_size,
         "dataset_mtime_ns": stat.st_mtime_ns,
-        "tokenizer_sha256": _file_sha256(rundir.path(TOKENIZER_JSON)),
+        "tokenizer_sha256": sha256_path(rundir.path(TOKENIZER_JSON)),
         "seed": seed,
         "val_fraction": c.val_fraction,
         "stories": n_stories,
@@ -152,13 +137,14 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     }
     final = {"train": rundir.path(TRAIN_BIN), "val": rundir.path(VAL_BIN)}
     partial = {s: p.with_name(f".{p.name}.partial") for s, p in final.items()}
+    keys_partial = rundir.path(VAL_STORIES).with_name(f".{Path(VAL_STORIES).stem}.partial")
     state_path = rundir.path("data/.prepare.state.json")
-    state = _resume_state(state_path, identity, partial)
+    state = _resume_state(state_path, identity, partial, keys_partial)
     if state is None:
         state = {"identity": identity, "offset": 0, "story_index": 0}
         for s in SPLITS:
             state[s] = {"tokens": 0, "stories": 0, "bytes": 0}
-        for p in partial.values():
+        for p in [*partial.values(), keys_partial]:
             p.unlink(missing_ok=True)
             p.touch()
     resumed_from = state["offset"]
@@ -175,25 +161,30 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
             for s, want in (("train", False), ("val", True)):
                 chosen = [story for story, v in zip(stories, mask) if v == want]
                 groups = [EOS.join(chosen[k : k + GROUP_STORIES]) + EOS for k in range(0, len(chosen), GROUP_STORIES)]
-                work[s] = (groups, len(chosen), sum(len(story.encode("utf-8")) for story in chosen))
+                keys = [story_key(story) for story in chosen] if want else []
+                work[s] = (groups, len(chosen), sum(len(story.encode("utf-8")) for story in chosen), keys)
             i += len(stories)
             yield work, i, end
 
     t0 = time.monotonic()
     encoded_bytes = 0
     files = {s: open(partial[s], "r+b") for s in SPLITS}
+    files["keys"] = open(keys_partial, "r+b")
     try:
         for s in SPLITS:
             files[s].truncate(state[s]["tokens"] * 2)
             files[s].seek(state[s]["tokens"] * 2)
+        files["keys"].truncate(state["val"]["stories"] * KEY_LINE)
+        files["keys"].seek(state["val"]["stories"] * KEY_LINE)
         with progress_bar("prepare: tokenizing", total=max(1, math.ceil(stat.st_size / 1e6)), unit="MB") as bar, contextlib.closing(
             _prefetch(chunks())
         ) as work_items:
             bar.set(state["offset"] / 1e6)
             for work, story_index, end in work_items:
-                for s, (groups, n_chosen, n_bytes) in work.items():
+                for s, (groups, n_chosen, n_bytes, keys) in work.items():
                     if not groups:
                         continue
+                    files["keys"].write("".join(f"{k}\n" for k in keys).encode("ascii"))
                     encs = tok.encode_batch_fast(groups, add_special_tokens=False)
                     ids = np.concatenate([np.array(e.ids, dtype=np.uint16) for e in encs])
                     files[s].write(ids.tobytes())
@@ -217,27 +208,23 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     wall = time.monotonic() - t0
 
     def discard() -> None:
-        for p in partial.values():
+        for p in [*partial.values(), keys_partial]:
             p.unlink(missing_ok=True)
         state_path.unlink(missing_ok=True)
 
     if state["story_index"] != n_stories:  # the file changed while we read it
         discard()
         raise UserError(f"{dataset}: changed while it was being tokenized; rerun `tinystories prepare` when nothing writes to it")
-    for s in SPLITS:
-        if state[s]["tokens"] < context + 1:
-            discard()
-            raise UserError(
-                f"prepare: the {s} split has {state[s]['tokens']} tokens, fewer than one training sequence of "
-                f"pretrain.context+1={context + 1}; add stories, adjust prepare.val_fraction (now {c.val_fraction}) "
-                "or lower pretrain.context"
-            )
+    # Whether a split is long enough for the model's context is pretrain's check (its load_data):
+    # the context is a pretrain setting, and the bins do not depend on it.
 
     # meta.json goes last and an old one goes first, so a meta.json never describes other bins.
     rundir.path(META).unlink(missing_ok=True)
     for s in SPLITS:
         _fsync(partial[s])
         os.replace(partial[s], final[s])
+    write_val_stories(rundir.path(VAL_STORIES), keys_partial.read_text(encoding="ascii").split())
+    keys_partial.unlink()
     meta = {
         "vocab_size": vocab_size,
         "eos_id": eos_id,
@@ -318,7 +305,7 @@ def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
         thread.join(timeout=10)
 
 
-def _resume_state(state_path: Path, identity: dict, partial: dict) -> dict | None:
+def _resume_state(state_path: Path, identity: dict, partial: dict, keys_partial: Path) -> dict | None:
     """The saved progress of an interrupted run on the same inputs, or None to start over."""
     if not state_path.exists():
         return None
@@ -332,10 +319,12 @@ def _resume_state(state_path: Path, identity: dict, partial: dict) -> dict | Non
         p = partial[s]
         if not p.exists() or p.stat().st_size < state[s]["tokens"] * 2:
             return None
+    if not keys_partial.exists() or keys_partial.stat().st_size < state["val"]["stories"] * KEY_LINE:
+        return None
     return state
 
 
-# --- loading the splits for training --------------------------------------------------------
+# --- reading what prepare wrote --------------------------------------------------------------
 
 
 def read_meta(rundir_or_path) -> dict:
@@ -345,72 +334,3 @@ def read_meta(rundir_or_path) -> dict:
     if not path.exists():
         raise UserError(f"{path}: not found; run `tinystories prepare --run-dir {p}` first")
     return read_json(path)
-
-
-def load_split(rundir_or_path, split: str):
-    """The token ids of a split ("train" or "val") as a read-only 1-D np.memmap of uint16."""
-    import numpy as np
-
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    meta = read_meta(rundir_or_path)
-    p = Path(rundir_or_path.root if isinstance(rundir_or_path, RunDir) else rundir_or_path)
-    root = p.parent.parent if p.suffix == ".json" else p
-    path = root / (TRAIN_BIN if split == "train" else VAL_BIN)
-    if not path.exists():
-        raise UserError(f"{path}: not found; run `tinystories prepare --run-dir {root} --force`")
-    data = np.memmap(path, dtype=np.dtype(meta.get("dtype", DTYPE)), mode="r")
-    if data.size != meta[split]["tokens"]:
-        raise UserError(f"{path}: holds {data.size} tokens but meta.json says {meta[split]['tokens']}; rerun `tinystories prepare --run-dir {root} --force`")
-    return data
-
-
-def _check_len(data, context: int) -> None:
-    if len(data) < context + 1:
-        raise UserError(
-            f"token split of {len(data)} tokens is shorter than pretrain.context+1={context + 1}; "
-            "lower pretrain.context or prepare more stories"
-        )
-
-
-def random_batch(data, batch_size: int, context: int, generator=None):
-    """(x, y) int64 tensors of shape (batch_size, context): windows at uniformly random offsets.
-
-    y is x shifted by one token. Windows cross story boundaries (eos separates stories),
-    as in GPT pretraining. Pass a seeded `torch.Generator` for reproducible batches.
-    """
-    import numpy as np
-    import torch
-
-    _check_len(data, context)
-    starts = torch.randint(len(data) - context, (batch_size,), generator=generator).tolist()
-    block = np.stack([np.asarray(data[i : i + context + 1], dtype=np.int64) for i in starts])
-    block = torch.from_numpy(block)
-    return block[:, :-1], block[:, 1:]
-
-
-def sequential_batches(data, batch_size: int, context: int, max_batches: int | None = None) -> Iterator:
-    """Deterministic (x, y) batches over consecutive non-overlapping windows, for validation.
-
-    Window k covers tokens [k*context, (k+1)*context] (the +1 is the last target); the tail
-    shorter than a full window is left out; the last batch may hold fewer than batch_size rows.
-    """
-    import numpy as np
-    import torch
-
-    _check_len(data, context)
-    n_windows = (len(data) - 1) // context
-    done = 0
-    for b0 in range(0, n_windows, batch_size):
-        if max_batches is not None and done >= max_batches:
-            return
-        rows = [np.asarray(data[k * context : (k + 1) * context + 1], dtype=np.int64) for k in range(b0, min(n_windows, b0 + batch_size))]
-        block = torch.from_numpy(np.stack(rows))
-        yield block[:, :-1], block[:, 1:]
-        done += 1
-
-
-def bits_per_byte(nats_per_token: float, meta: dict, split: str = "val") -> float:
-    """Convert a loss in nats/token on a split to bits per UTF-8 byte of its story text."""
-    st = meta[split]
-    return nats_per_token * st["tokens"] / st["bytes"] / math.log(2)

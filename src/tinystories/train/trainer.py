@@ -1,9 +1,10 @@
 """The training loop shared by pretraining and SFT: resumable, data-parallel, logged.
 
-    from tinystories.train.trainer import TrainSettings, train
-    metrics = train(model, settings, out_dir, train_source, val_source, tokenizer_dir=..., ...)
+    from tinystories.train.trainer import train
+    metrics = train(model, args, seed, out_dir, train_source, val_source, token_bytes=..., ...)
 
-A caller provides the model (tinystories.train.model.FastGPTNeo), the settings, and two batch sources:
+A caller provides the model (tinystories.train.model.FastGPTNeo), the resolved settings
+(tinystories.train.args.TrainArgs.resolved) and two batch sources:
 - `train_source.batch(step, micro, rank, world) -> (input_ids, labels)`, LongTensors [B, T],
   labels in Hugging Face convention (same length as input_ids, -100 = not trained, shifted
   inside the loss). It must be a pure function of its arguments: resuming at step N then needs
@@ -12,18 +13,22 @@ A caller provides the model (tinystories.train.model.FastGPTNeo), the settings, 
 - `val_source.batch(i) -> (input_ids, labels)` for i in range(eval_batches): the same batches
   at every evaluation so the validation curve compares like with like.
 
-Runs under accelerate's `Accelerator`, so `torchrun`/`accelerate launch` over N processes
-trains data-parallel unchanged: only the main process writes files and logs, and gradients
-sync only on the last micro-step of an accumulation (the others run under `no_sync`, since an
-all-reduce per micro-step would just repeat the same communication grad_accum times).
+`token_bytes[id]` is the UTF-8 length of each token (tinystories.train.bpe.token_byte_lengths):
+bits per byte divide the loss by the bytes of exactly the tokens it was computed on.
+
+The steps: `setup` (accelerator, resume, optimizer) -> `fit` (optimizer steps, logging) with
+`validate` and `checkpoint` on their intervals. Runs under accelerate's `Accelerator`, so
+`torchrun`/`accelerate launch` over N processes trains data-parallel unchanged: only the main
+process writes files and logs, and gradients sync only on the last micro-step of an
+accumulation (the others run under `no_sync`, since an all-reduce per micro-step would just
+repeat the same communication grad_accum times).
 
 Files in `out_dir` (a Hugging Face save_pretrained directory once the first checkpoint lands):
 config.json, model.safetensors, tokenizer files, train_state.pt (optimizer, scheduler, step,
 RNG states, data position, tokens seen, settings), metrics.jsonl (one record per logged step),
-tb/ (TensorBoard). A checkpoint is first written whole into a sibling temp dir with a
-completion marker and then moved in with train_state.pt last; a kill during the move is
-rolled forward on the next start. A rerun resumes from the last checkpoint (metrics past it
-are cut so the curve has no duplicate steps); a finished run is not trained again.
+tb/ (TensorBoard); see checkpoint_files.py for how a checkpoint is written. A rerun resumes
+from the last checkpoint (metrics past it are cut so the curve has no duplicate steps); a
+finished run is not trained again.
 """
 
 from __future__ import annotations
@@ -37,46 +42,15 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from tinystories.errors import UserError
-from tinystories.io.rundir import JsonlWriter, read_jsonl, write_text
+from tinystories.train.args import TRAJECTORY_FIELDS, TrainArgs
+from tinystories.train.checkpoint_files import METRICS_FILE, load_state, load_weights, recover_checkpoint, truncate_metrics, write_checkpoint
+from tinystories.train.hardware import autocast_context, bf16_supported, choose_dtype, has_accelerator, make_optimizer
 
 log = logging.getLogger("tinystories.train.trainer")
-
-STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.jsonl"
-COMPLETE_MARKER = ".complete"
-# Settings that change the optimisation trajectory: a checkpoint made with other values is
-# not resumed silently (the other fields, e.g. eval_interval or compile, may change freely).
-TRAJECTORY_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "grad_clip", "dtype", "seed", "context")
-
-
-@dataclass
-class TrainSettings:
-    max_steps: int = 1000  # optimizer steps
-    batch_size: int = 8  # sequences per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    context: int = 512  # sequence length of a batch (recorded; sources produce it)
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # final learning rate of the cosine schedule
-    warmup_steps: int = 100  # linear warmup from 0
-    schedule: str = "cosine"  # cosine | constant (after warmup)
-    weight_decay: float = 0.1  # AdamW decay on matmul weights (not norms, biases, embeddings)
-    grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    eval_interval: int = 100  # steps between validation passes (0 = only at the end)
-    eval_batches: int = 20  # validation batches per pass
-    checkpoint_interval: int = 200  # steps between checkpoints (0 = only at the end)
-    log_interval: int = 10  # steps between metrics.jsonl records (the final step is always logged)
-    dtype: str = "auto"  # bf16 | fp32 | auto (bf16 where the hardware supports it)
-    compile: bool = False  # torch.compile the model (falls back to eager if compiling fails)
-    seed: int = 0  # model init and data sampling seed
-
-    def trajectory(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in TRAJECTORY_FIELDS}
-
 
 class TrainSource(Protocol):
     def batch(self, step: int, micro: int, rank: int, world: int): ...
@@ -86,7 +60,10 @@ class ValSource(Protocol):
     def batch(self, i: int): ...
 
 
-def lr_at(step: int, s: TrainSettings) -> float:
+# --- the arithmetic of a step --------------------------------------------------------------------
+
+
+def lr_at(step: int, s: TrainArgs) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine or constant."""
     if s.warmup_steps > 0 and step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
@@ -97,107 +74,33 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - s.min_lr)
 
 
-def bf16_supported(device) -> bool:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        # Without native bf16 (AVX512-BF16/AMX) the casts cost more than the GEMMs save.
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
+def loss_divisor(supervised_tokens_all_ranks: float, world: int) -> float:
+    """What a rank divides its summed loss by so every supervised token of the step, on
+    whichever rank, weighs the same: data-parallel backward averages the ranks' gradients
+    (divides by `world`), so dividing by N / world gives sum-over-all-tokens / N. Per-rank
+    means would instead weigh a token on a rank with few supervised tokens (SFT masks) more."""
+    return supervised_tokens_all_ranks / world
 
 
-def resolve_dtype(dtype: str, device) -> str:
-    if dtype == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
-    return dtype
+def bits_per_byte(nats: float, nbytes: float) -> float:
+    """Summed cross-entropy in nats over text of `nbytes` UTF-8 bytes, in bits per byte."""
+    return nats / nbytes / math.log(2) if nbytes else float("nan")
 
 
-# --- checkpoint files --------------------------------------------------------------------------
+# --- resume checks -------------------------------------------------------------------------------
 
 
-def _tmp_dir(out_dir: Path) -> Path:
-    return out_dir.parent / f".{out_dir.name}.ckpt-tmp"
-
-
-def discard_checkpoint(out_dir: Path) -> None:
-    """Remove a run's directory and any half-moved checkpoint (for --force)."""
-    shutil.rmtree(_tmp_dir(out_dir), ignore_errors=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def recover_checkpoint(out_dir: Path) -> None:
-    """Finish or discard a checkpoint write interrupted by a kill."""
-    tmp = _tmp_dir(out_dir)
-    if not tmp.exists():
-        return
-    if (tmp / COMPLETE_MARKER).exists():
-        _move_in(tmp, out_dir)
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_in(tmp: Path, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in tmp.iterdir() if p.name not in (COMPLETE_MARKER, STATE_FILE))
-    # train_state.pt goes last: while it still names the previous step, a kill here is rolled
-    # forward from the temp dir (which keeps its marker until every file is in place).
-    for name in [*names, STATE_FILE]:
-        src = tmp / name
-        if src.exists():
-            os.replace(src, out_dir / name)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_checkpoint(model, out_dir: Path, state: dict, tokenizer_dir, eos_token_id, extra: dict) -> None:
-    import torch
-
-    from tinystories.train.model import save_hf
-
-    tmp = _tmp_dir(out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_hf(model, tmp, tokenizer_dir=tokenizer_dir, eos_token_id=eos_token_id, extra=extra)
-    torch.save(state, tmp / STATE_FILE)
-    for p in tmp.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-    with open(tmp / COMPLETE_MARKER, "w") as fh:
-        fh.write(str(state["step"]))
-        fh.flush()
-        os.fsync(fh.fileno())
-    _move_in(tmp, out_dir)
-
-
-def load_state(out_dir: Path) -> dict | None:
-    import torch
-
-    path = out_dir / STATE_FILE
-    if not path.exists():
-        return None
-    # weights_only=False: the state holds numpy/python RNG states, written by us.
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records past the checkpoint step so a resumed curve has no duplicate steps."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
-
-
-def check_resume(state: dict, settings: TrainSettings, shape_dict: dict, out_dir: Path, stage: str) -> None:
+def check_resume(state: dict, settings: dict, shape_dict: dict, out_dir: Path, stage: str) -> None:
+    """UserError unless the checkpoint in `out_dir` has this shape and trajectory settings."""
     if state.get("shape") != shape_dict:
         raise UserError(
             f"{out_dir}: holds a checkpoint of another shape ({_fmt(state.get('shape'))}) than requested ({_fmt(shape_dict)}); "
             f"use --force {stage} to start over or another --run-dir"
         )
     saved = state.get("settings", {})
-    changed = [k for k in TRAJECTORY_FIELDS if k in saved and saved[k] != getattr(settings, k)]
+    changed = [k for k in (*TRAJECTORY_FIELDS, "seed") if k in saved and saved[k] != settings[k]]
     if changed:
-        what = ", ".join(f"{k} {saved[k]!r} -> {getattr(settings, k)!r}" for k in changed)
+        what = ", ".join(f"{k} {saved[k]!r} -> {settings[k]!r}" for k in changed)
         raise UserError(f"{out_dir}: checkpoint was trained with other settings ({what}); use --force {stage} to start over or another --run-dir")
 
 
@@ -207,255 +110,313 @@ def _fmt(d) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
-# --- the loop ----------------------------------------------------------------------------------
+# --- the run ---------------------------------------------------------------------------------------
 
 
 def train(
     model,
-    settings: TrainSettings,
+    args: TrainArgs,
+    seed: int,
     out_dir: str | Path,
     train_source: TrainSource,
     val_source: ValSource | None,
     *,
+    token_bytes: list[int] | None = None,
     tokenizer_dir: str | Path | None = None,
     eos_token_id: int | None = None,
-    bytes_per_token: tuple[float, float] = (0.0, 0.0),
     description: str = "train",
     stage: str = "pretrain",
     extra: dict | None = None,
 ) -> dict:
-    """Train `model` (a FastGPTNeo) to settings.max_steps, resuming from out_dir if it holds a
-    checkpoint; return the final metrics. `bytes_per_token` = (train, val) UTF-8 bytes per token
-    of the data, for bits per byte."""
-    import numpy as np
-    import torch
-    from accelerate import Accelerator
-
-    from tinystories.progress import progress_bar
-
-    out_dir = Path(out_dir)
-    s = settings
-    acc = Accelerator(cpu=not _has_accelerator())
-    device = acc.device
-    rank, world = acc.process_index, acc.num_processes
-    is_main = acc.is_main_process
-    dtype = resolve_dtype(s.dtype, device)
-    shape_dict = model.shape.to_dict()
-
-    if is_main:
-        recover_checkpoint(out_dir)
-    acc.wait_for_everyone()
-    state = load_state(out_dir)
-    if state is not None:
-        check_resume(state, s, shape_dict, out_dir, stage)
-        if state.get("finished") and state["step"] >= s.max_steps:
-            log.info("%s: already finished at step %d; skipping", out_dir, state["step"])
-            return dict(state.get("final_metrics", {}), skipped=True)
-
-    torch.manual_seed(s.seed)
-    random.seed(s.seed)
-    np.random.seed(s.seed)
-    start_step, tokens_seen, train_time = 0, 0, 0.0
-    if state is not None:
-        from safetensors.torch import load_file
-
-        from tinystories.train.model import from_hf_state_dict
-
-        sd = load_file(str(out_dir / "model.safetensors"))
-        sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
-        model.load_state_dict(from_hf_state_dict(sd, model.shape.num_layers), strict=True)
-        start_step, tokens_seen, train_time = state["step"], state["tokens_seen"], state.get("train_time_s", 0.0)
-    model.to(device)
-
-    from tinystories.train.model import param_groups
-
-    fused = device.type in ("cuda", "cpu")
+    """Train `model` (a FastGPTNeo) to args.max_steps, resuming from out_dir if it holds a
+    checkpoint; return the final metrics."""
+    export = {"tokenizer_dir": tokenizer_dir, "eos_token_id": eos_token_id, "extra": dict(extra or {})}
+    run = TrainingRun(model, args, seed, Path(out_dir), description, stage, token_bytes, export)
+    finished = run.setup(train_source)
+    if finished is not None:
+        return finished
     try:
-        opt = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, s) / s.lr if s.lr else 0.0)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        return run.fit(train_source, val_source)
+    finally:
+        run.close()
 
-    raw_model = model
-    fwd_model = compile_model(model, s, dtype, device, train_source, rank, world) if s.compile else model
-    # The scheduler is stepped by us once per optimizer step, not prepared: accelerate's
-    # wrapper would step it once per process.
-    fwd_model, opt = acc.prepare(fwd_model, opt)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
 
-    bpt_train, bpt_val = bytes_per_token
-    writer = tb = None
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(out_dir / METRICS_FILE, start_step)
-        if start_step == 0:
-            # Events of a run killed before its first checkpoint would duplicate steps.
-            shutil.rmtree(out_dir / "tb", ignore_errors=True)
-        writer = JsonlWriter(out_dir / METRICS_FILE, sync_every=10)
+class TrainingRun:
+    """The state one `train` call shares between its steps: accelerator, model, optimizer,
+    counters and log writers."""
+
+    def __init__(self, model, args: TrainArgs, seed: int, out_dir: Path, description: str, stage: str, token_bytes, export: dict):
+        self.raw_model, self.args, self.seed, self.out_dir = model, args, seed, out_dir
+        self.description, self.stage = description, stage
+        self.token_bytes = token_bytes  # a list until first use, then a tensor on the device
+        self.export = export  # tokenizer_dir, eos_token_id and extra info for every checkpoint
+        self.settings = {**dataclasses.asdict(args), "seed": seed}  # what train_state.pt records
+        self.step = self.tokens_seen = 0
+        self.train_time = 0.0
+        self.writer = self.tb = None
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def setup(self, train_source) -> dict | None:
+        """Accelerator, resume state, optimizer and logs; the saved final metrics (skipped=True)
+        instead when the checkpoint in out_dir already finished."""
+        import numpy as np
+        import torch
+        from accelerate import Accelerator
+
+        a = self.args
+        self.acc = acc = Accelerator(cpu=not has_accelerator())
+        self.device = acc.device
+        self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.dtype = choose_dtype(a.dtype, bf16_supported(self.device))
+        self.shape_dict = self.raw_model.shape.to_dict()
+        if self.is_main:
+            recover_checkpoint(self.out_dir)
+        acc.wait_for_everyone()
+        state = load_state(self.out_dir)
+        if state is not None:
+            check_resume(state, self.settings, self.shape_dict, self.out_dir, self.stage)
+            if state.get("finished") and state["step"] >= a.max_steps:
+                log.info("%s: already finished at step %d; skipping", self.out_dir, state["step"])
+                return dict(state.get("final_metrics", {}), skipped=True)
+
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        if state is not None:
+            load_weights(self.raw_model, self.out_dir)
+            self.step, self.tokens_seen, self.train_time = state["step"], state["tokens_seen"], state.get("train_time_s", 0.0)
+        self.start_step = self.step
+        self.raw_model.to(self.device)
+        self.opt = make_optimizer(self.raw_model, a, self.device.type)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_at(step, a) / a.lr if a.lr else 0.0)
+        if state is not None:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+        fwd = compile_model(self.raw_model, self.dtype, self.device, train_source, self.rank, self.world) if a.compile else self.raw_model
+        # The scheduler is stepped by us once per optimizer step, not prepared: accelerate's
+        # wrapper would step it once per process.
+        self.fwd_model, self.opt = acc.prepare(fwd, self.opt)
+        self.autocast = autocast_context(self.dtype, self.device.type)
+        self._open_logs()
+        return None
+
+    def _open_logs(self) -> None:
+        if not self.is_main:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
+        from tinystories.io.rundir import JsonlWriter
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(self.out_dir / METRICS_FILE, self.start_step)
+        if self.start_step == 0:
+            # Events of a run killed before its first checkpoint would duplicate steps.
+            shutil.rmtree(self.out_dir / "tb", ignore_errors=True)
+        self.writer = JsonlWriter(self.out_dir / METRICS_FILE, sync_every=10)
         # purge_step drops TensorBoard events past the checkpoint, like truncate_metrics.
-        tb = SummaryWriter(str(out_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-    if is_main:
-        log.info("%s: %d process(es), device %s, dtype %s, compile %s, start at step %d", description, world, device, dtype, s.compile, start_step)
+        self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.start_step + 1 if self.start_step else None)
+        log.info(
+            "%s: %d process(es), device %s, dtype %s, compile %s, start at step %d",
+            self.description, self.world, self.device, self.dtype, self.args.compile, self.start_step,
+        )
 
-    def to_bpb(nats: float, bpt: float) -> float:
-        return nats / bpt / math.log(2) if bpt else float("nan")
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.tb.close()
 
-    def evaluate() -> float:
-        if val_source is None or s.eval_batches <= 0:
-            return float("nan")
-        fwd_model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        with torch.no_grad(), autocast():
-            for i in range(rank, s.eval_batches, world):
+    # -- counting -----------------------------------------------------------------------------------
+
+    def _token_bytes_table(self):
+        import torch
+
+        if self.token_bytes is None:
+            return None
+        if not isinstance(self.token_bytes, torch.Tensor):
+            self.token_bytes = torch.tensor(self.token_bytes, dtype=torch.float64, device=self.device)
+        return self.token_bytes
+
+    def _counted(self, y) -> tuple:
+        """(supervised targets, their UTF-8 bytes) of a label batch, as float64 tensors on the device."""
+        import torch
+
+        targets = y[:, 1:]
+        mask = targets != -100
+        table = self._token_bytes_table()
+        nbytes = table[targets[mask]].sum() if table is not None else torch.zeros((), dtype=torch.float64, device=self.device)
+        return mask.sum().double(), nbytes
+
+    def _all_ranks(self, values):
+        """Sum a float64 tensor over the processes (itself with one process)."""
+        return self.acc.reduce(values, reduction="sum") if self.world > 1 else values
+
+    # -- fit ----------------------------------------------------------------------------------------
+
+    def fit(self, train_source, val_source) -> dict:
+        """Optimizer steps to args.max_steps, logging, validating and checkpointing on their
+        intervals; the final checkpoint and metrics."""
+        from tinystories.progress import progress_bar
+
+        a = self.args
+        debug_dir = os.environ.get("TINYSTORIES_DEBUG_DIR")
+        self.fwd_model.train()
+        self.last_train = self.last_train_bpb = self.last_val = self.last_val_bpb = float("nan")
+        self.window_t, self.window_tokens, self.tok_s = time.perf_counter(), 0, 0.0
+        with progress_bar(self.description, total=a.max_steps, unit="step") if self.is_main else contextlib.nullcontext() as bar:
+            if bar is not None:
+                bar.set(self.start_step)
+            while self.step < a.max_steps:
+                loss, nbytes, grad_norm, lr = self.train_step(train_source)
+                if debug_dir:
+                    _debug_dump(debug_dir, self.rank, self.world, self.step, self.raw_model)
+                self.log_step(loss, nbytes, grad_norm, lr, val_source)
+                if bar is not None:
+                    bar.advance(1, loss=f"{self.last_train:.3f}", tok_s=f"{self.tok_s:.0f}")
+                if self.step < a.max_steps and a.checkpoint_interval > 0 and self.step % a.checkpoint_interval == 0:
+                    self.checkpoint(finished=False)
+                    self.window_t = time.perf_counter()  # checkpoint time is not training throughput
+        final = {
+            "train_loss": round(self.last_train, 6),
+            "val_loss": round(self.last_val, 6),
+            "val_bpb": round(self.last_val_bpb, 6),
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_s": round(self.tokens_seen / self.train_time, 1) if self.train_time else 0.0,
+            "steps": self.step,
+            "train_time_s": round(self.train_time, 2),
+            "dtype": self.dtype,
+            "world_size": self.world,
+        }
+        if self.start_step < a.max_steps:
+            self.checkpoint(finished=True, final_metrics=final)
+        return final
+
+    def train_step(self, train_source) -> tuple:
+        """One optimizer step over grad_accum micro-batches: (this rank's share of the step's
+        mean loss, bytes of the step's supervised tokens on all ranks, grad norm, lr)."""
+        import torch
+
+        a, acc = self.args, self.acc
+        t0 = time.perf_counter()
+        batches = [train_source.batch(self.step, m, self.rank, self.world) for m in range(a.grad_accum)]
+        batches = [(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in batches]
+        # Supervised tokens and bytes of the whole step on every rank, and the inputs processed
+        # (padding included: it costs compute). Normalising by the step's total makes every
+        # trained token weigh the same however labels are masked across micro-batches and ranks.
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in batches:
+            n, nbytes = self._counted(y)
+            counts += torch.stack([n, nbytes, torch.tensor(float(x.numel()), dtype=torch.float64, device=self.device)])
+        n_tokens, n_bytes, n_inputs = self._all_ranks(counts).tolist()
+        if n_tokens == 0:
+            raise UserError(f"{self.description}: step {self.step} has no trained tokens (every label is -100); check the data")
+        divisor = loss_divisor(n_tokens, self.world)
+        loss_acc = 0.0
+        for m, (x, y) in enumerate(batches):
+            sync = m == a.grad_accum - 1
+            with (contextlib.nullcontext() if sync or self.world == 1 else acc.no_sync(self.fwd_model)):
+                with self.autocast():
+                    loss = self.fwd_model(x, labels=y, reduction="sum") / divisor
+                acc.backward(loss)
+            loss_acc += loss.item() / self.world
+        grad_norm = acc.clip_grad_norm_(self.fwd_model.parameters(), a.grad_clip) if a.grad_clip > 0 else None
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += int(n_inputs)
+        self.window_tokens += int(n_inputs)
+        self.train_time += time.perf_counter() - t0
+        self.last_step_tokens = n_tokens
+        return loss_acc, n_bytes, grad_norm, lr
+
+    def log_step(self, loss_share: float, nbytes: float, grad_norm, lr: float, val_source) -> None:
+        """A metrics.jsonl / TensorBoard record on log steps, with validation on eval steps."""
+        import torch
+
+        a, step = self.args, self.step
+        do_eval = step == a.max_steps or (a.eval_interval > 0 and step % a.eval_interval == 0)
+        if not (do_eval or step % max(1, a.log_interval) == 0):
+            self.last_train = loss_share * self.world  # for the progress bar: this rank's estimate of the mean
+            return
+        self.last_train = self._all_ranks(torch.tensor([loss_share], dtype=torch.float64, device=self.device)).item()
+        self.last_train_bpb = bits_per_byte(self.last_train * self.last_step_tokens, nbytes)
+        now = time.perf_counter()
+        self.tok_s = self.window_tokens / max(1e-9, now - self.window_t)
+        self.window_t, self.window_tokens = now, 0
+        rec = {
+            "step": step,
+            "train_loss": round(self.last_train, 6),
+            "train_bpb": round(self.last_train_bpb, 6),
+            "lr": lr,
+            "tokens": self.tokens_seen,
+            "tok_s": round(self.tok_s, 1),
+            "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
+            "time_s": round(self.train_time, 2),
+        }
+        if do_eval:
+            self.last_val, self.last_val_bpb = self.validate(val_source)
+            rec["val_loss"] = round(self.last_val, 6)
+            rec["val_bpb"] = round(self.last_val_bpb, 6)
+            self.window_t = time.perf_counter()  # evaluation time is not training throughput
+        if self.is_main:
+            self.writer.write(rec)
+            for k in ("train_loss", "train_bpb", "lr", "tok_s", "val_loss", "val_bpb"):
+                if k in rec and rec[k] is not None and not (isinstance(rec[k], float) and math.isnan(rec[k])):
+                    self.tb.add_scalar(k, rec[k], step)
+            log.info("%s step %d %s", self.description, step, json.dumps(rec))
+
+    # -- validate -----------------------------------------------------------------------------------
+
+    def validate(self, val_source) -> tuple[float, float]:
+        """(nats per supervised token, bits per UTF-8 byte of those tokens) over the validation
+        batches, every rank taking its share; NaN without validation data."""
+        import torch
+
+        if val_source is None or self.args.eval_batches <= 0:
+            return float("nan"), float("nan")
+        self.fwd_model.eval()
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)  # nats, tokens, bytes
+        with torch.no_grad(), self.autocast():
+            for i in range(self.rank, self.args.eval_batches, self.world):
                 x, y = val_source.batch(i)
-                x, y = x.to(device), y.to(device)
-                loss_sum = raw_model(x, labels=y, reduction="sum")
-                total[0] += loss_sum.double()
-                total[1] += (y[:, 1:] != -100).sum()
-        fwd_model.train()
-        total = acc.reduce(total, reduction="sum") if world > 1 else total
-        return (total[0] / total[1].clamp(min=1)).item()
+                x, y = x.to(self.device), y.to(self.device)
+                n, nbytes = self._counted(y)
+                total += torch.stack([self.raw_model(x, labels=y, reduction="sum").double(), n, nbytes])
+        self.fwd_model.train()
+        nats, tokens, nbytes = self._all_ranks(total).tolist()
+        return nats / max(tokens, 1.0), bits_per_byte(nats, nbytes)
 
-    def save(step: int, finished: bool, final_metrics: dict | None = None) -> None:
-        if is_main:
-            st = {
-                "step": step,
-                "tokens_seen": tokens_seen,
-                "train_time_s": train_time,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+    # -- checkpoint ---------------------------------------------------------------------------------
+
+    def checkpoint(self, finished: bool, final_metrics: dict | None = None) -> None:
+        """train_state.pt and the HF export of the current step, written by the main process."""
+        import numpy as np
+        import torch
+
+        if self.is_main:
+            state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "train_time_s": self.train_time,
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                 # The data position: sources are pure functions of (step, micro, rank), so the
                 # step is the position; seed and world size make it reproducible.
-                "data": {"next_step": step, "seed": s.seed, "world_size": world, "micro_batches_per_step": s.grad_accum},
-                "shape": shape_dict,
-                "settings": dataclasses.asdict(s),
+                "data": {"next_step": self.step, "seed": self.seed, "world_size": self.world, "micro_batches_per_step": self.args.grad_accum},
+                "shape": self.shape_dict,
+                "settings": self.settings,
                 "finished": finished,
                 "final_metrics": final_metrics or {},
             }
-            write_checkpoint(raw_model, out_dir, st, tokenizer_dir, eos_token_id, dict(extra or {}, step=step, dtype=dtype))
-        acc.wait_for_everyone()
-
-    debug_dir = os.environ.get("TINYSTORIES_DEBUG_DIR")
-    fwd_model.train()
-    step = start_step
-    last_train, last_val = float("nan"), float("nan")
-    window_t, window_tokens = time.perf_counter(), 0
-    tok_s = 0.0
-    with progress_bar(description, total=s.max_steps, unit="step") if is_main else contextlib.nullcontext() as bar:
-        if bar is not None:
-            bar.set(start_step)
-        while step < s.max_steps:
-            t0 = time.perf_counter()
-            batches = [train_source.batch(step, m, rank, world) for m in range(s.grad_accum)]
-            # Normalise by the tokens of the whole accumulation so every trained token weighs
-            # the same however labels are masked across micro-batches (matters for SFT).
-            n_tokens = sum(int((y[:, 1:] != -100).sum()) for _, y in batches)
-            if n_tokens == 0:
-                raise UserError(f"{description}: step {step} has no trained tokens (every label is -100); check the data")
-            loss_acc = 0.0
-            for m, (x, y) in enumerate(batches):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = m == s.grad_accum - 1
-                with (contextlib.nullcontext() if sync or world == 1 else acc.no_sync(fwd_model)):
-                    with autocast():
-                        loss = fwd_model(x, labels=y, reduction="sum") / n_tokens
-                    acc.backward(loss)
-                loss_acc += loss.item()
-            grad_norm = acc.clip_grad_norm_(fwd_model.parameters(), s.grad_clip) if s.grad_clip > 0 else None
-            lr = sched.get_last_lr()[0]
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            # Input tokens processed (padding included: it costs compute); exact for fixed-length
-            # pretraining windows, rank 0's count times the world for variable-length SFT batches.
-            step_tokens = sum(int(x.numel()) for x, _ in batches) * world
-            tokens_seen += step_tokens
-            dt = time.perf_counter() - t0
-            train_time += dt
-            window_tokens += step_tokens
-            last_train = loss_acc
-
-            if debug_dir:
-                _debug_dump(debug_dir, rank, world, step, raw_model)
-
-            do_eval = step == s.max_steps or (s.eval_interval > 0 and step % s.eval_interval == 0)
-            do_log = do_eval or step == s.max_steps or step % max(1, s.log_interval) == 0
-            if do_log:
-                if world > 1:
-                    t = torch.tensor([last_train], dtype=torch.float64, device=device)
-                    last_train = (acc.reduce(t, reduction="sum") / world).item()
-                now = time.perf_counter()
-                tok_s = window_tokens / max(1e-9, now - window_t)
-                window_t, window_tokens = now, 0
-                rec = {
-                    "step": step,
-                    "train_loss": round(last_train, 6),
-                    "train_bpb": round(to_bpb(last_train, bpt_train), 6),
-                    "lr": lr,
-                    "tokens": tokens_seen,
-                    "tok_s": round(tok_s, 1),
-                    "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
-                    "time_s": round(train_time, 2),
-                }
-                if do_eval:
-                    last_val = evaluate()
-                    rec["val_loss"] = round(last_val, 6)
-                    rec["val_bpb"] = round(to_bpb(last_val, bpt_val), 6)
-                    # Evaluation time is not training throughput.
-                    window_t = time.perf_counter()
-                if is_main:
-                    writer.write(rec)
-                    for k in ("train_loss", "train_bpb", "lr", "tok_s", "val_loss", "val_bpb"):
-                        if k in rec and rec[k] is not None and not (isinstance(rec[k], float) and math.isnan(rec[k])):
-                            tb.add_scalar(k, rec[k], step)
-                    log.info("%s step %d %s", description, step, json.dumps(rec))
-            if bar is not None:
-                bar.advance(1, loss=f"{last_train:.3f}", tok_s=f"{tok_s:.0f}")
-            if step < s.max_steps and s.checkpoint_interval > 0 and step % s.checkpoint_interval == 0:
-                save(step, finished=False)
-                window_t = time.perf_counter()  # checkpoint time is not training throughput
-
-    final = {
-        "train_loss": round(last_train, 6),
-        "val_loss": round(last_val, 6),
-        "val_bpb": round(to_bpb(last_val, bpt_val), 6),
-        "tokens_seen": tokens_seen,
-        "tokens_per_s": round(tokens_seen / train_time, 1) if train_time else 0.0,
-        "steps": step,
-        "train_time_s": round(train_time, 2),
-        "dtype": dtype,
-        "world_size": world,
-    }
-    if start_step < s.max_steps:
-        save(step, finished=True, final_metrics=final)
-    if is_main:
-        writer.close()
-        tb.close()
-    return final
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
-def process_state():
-    """accelerate's process state. On a CPU-only machine accelerate only treats a torchrun/mpirun
-    launch as multi-process (gloo) when asked for cpu=True, so ask for it exactly then."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not _has_accelerator())
+            extra = dict(self.export["extra"], step=self.step, dtype=self.dtype)
+            write_checkpoint(self.raw_model, self.out_dir, state, self.export["tokenizer_dir"], self.export["eos_token_id"], extra)
+        self.acc.wait_for_everyone()
 
 
 def _debug_dump(debug_dir: str, rank: int, world: int, step: int, model) -> None:
@@ -476,7 +437,7 @@ def _debug_dump(debug_dir: str, rank: int, world: int, step: int, model) -> None
     os.replace(tmp, path)
 
 
-def compile_model(model, s: TrainSettings, dtype: str, device, train_source, rank: int, world: int):
+def compile_model(model, dtype: str, device, train_source, rank: int, world: int):
     """torch.compile the model and prove it with one forward/backward on a real batch shape;
     fall back to eager (with a warning) when the compiler is missing or fails."""
     import torch
@@ -484,8 +445,7 @@ def compile_model(model, s: TrainSettings, dtype: str, device, train_source, ran
     try:
         compiled = torch.compile(model)
         x, y = train_source.batch(0, 0, rank, world)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
-        with ctx:
+        with autocast_context(dtype, device.type)():
             # Same call signature as the training loop, so the graph compiled here is reused.
             loss = compiled(x.to(device), labels=y.to(device), reduction="sum") / max(1, int((y[:, 1:] != -100).sum()))
         loss.backward()
