@@ -89,6 +89,9 @@ def test_a_ten_is_read_whole_or_split_into_one_then_zero():
     # a "1" followed by another digit is an 11-19: off the grades
     dist = grading.grade_distribution(split, after_one=logs({"1": 0.5, "/": 0.5}))
     assert sum(dist.values()) == pytest.approx(0.75) and dist[10] == 0
+    # a "1" followed by a dash is the scale "1-10" echoed (what SmolLM2-135M mostly writes there): no grade
+    dist = grading.grade_distribution(split, after_one=logs({"-": 0.6, "\n": 0.4}))
+    assert dist[1] == pytest.approx(0.2) and sum(dist.values()) == pytest.approx(0.7)
     assert not grading.needs_split_of_one(logs({"1": 0.005, "9": 0.995})), "too little mass on '1' to matter"
 
 

@@ -387,6 +387,9 @@ def test_expected_grade_without_mass_on_grades_is_a_failure_not_a_score(tmp_path
     assert base["failure_reasons"] == {"grammar: only 20% of the judge's probability on grades 1-10 (needs 50%)": 12}
     failed = [r for r in read_jsonl(run / "eval" / "judgments.jsonl") if r["role"] == "main" and not r["ok"]]
     assert failed and all(r["grades"] is None for r in failed), "a failure has no grades"
+    intact = [r for r in failed if r["damage"] is None]
+    assert intact[0]["distributions"]["grammar"]["7"] == pytest.approx(0.2), "a failure keeps the distribution that failed, for inspection"
+    assert intact[0]["reply"].endswith("\nGrammar: "), "and the forced reply up to the failing line"
 
 
 @pytest.mark.parametrize("mode, option", [("completion", "judge.scoring: sampled"), ("chat", "judge.llm.mode: completion")])

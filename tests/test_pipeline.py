@@ -354,3 +354,20 @@ def test_a_flat_training_key_points_to_its_new_home():
 
     with pytest.raises(UserError, match=r"pretrain.lr: unknown option; it lives under pretrain.train.lr now"):
         registry.load_run_config(None, ["pretrain.lr=0.01"])
+
+
+def test_stage_help_lists_options_with_default_and_description(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = capsys.readouterr().out
+    assert "pretrain.train.lr [0.001]" in out, out
+    assert "peak learning rate" in out, out
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "generate.num_stories [" in out, out
+    for stage in registry.STAGES:
+        from tinystories.pipeline.options import option_rows
+
+        undocumented = [key for key, _, doc in option_rows(stage.section, stage.Config) if not doc]
+        assert not undocumented, f"stage {stage.name}: options without a one-line comment: {undocumented}"

@@ -27,12 +27,14 @@ def _add_config_args(p: argparse.ArgumentParser, run_dir_required: bool = True) 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tinystories.pipeline.options import options_help
     from tinystories.pipeline.registry import STAGES
 
     parser = argparse.ArgumentParser(prog="tinystories", description="TinyStories end to end: data, pretraining, instruct tuning, evaluation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in STAGES:
-        p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
+        p = sub.add_parser(stage.name, help=stage.help, description=stage.help, epilog=options_help(stage.section, stage.Config),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_args(p)
         p.add_argument("--force", action="store_true", help="redo the stage even if its config and inputs are unchanged")
         p.add_argument("--allow-unfinished", action="store_true", help="use inputs whose producing stage is not done (recorded in the manifest)")
@@ -119,10 +121,10 @@ def _one_writer(rundir, command: str):
 
 
 def _print_result(name: str, result: dict) -> None:
-    metrics = json.dumps(result.get("metrics", {}), default=str)
-    if len(metrics) > 400:
-        metrics = metrics[:400] + "…"
-    print(f"{name}: {result['status']} {metrics}")
+    """One readable line per stage: what happened, how long, and its headline figures."""
+    wall = f" in {result['wall_s']:.1f} s" if result.get("wall_s") is not None else ""
+    headline = _headline(result.get("metrics") or {}, limit=6)
+    print(f"{name}: {result['status']}{wall}" + (f"  {headline}" if headline else ""))
 
 
 def cmd_run(args) -> int:
@@ -192,8 +194,15 @@ def cmd_status(args) -> int:
 
 
 def _headline(metrics: dict, limit: int = 4) -> str:
-    """The first few scalar metrics of a stage, `key=value`, for a one-line status."""
-    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    """The first few scalar metrics of a stage, `key=value` (one level of nesting flattened:
+    pretrain's per-size figures read `1M.val_loss=...`), for a one-line summary."""
+    flat: list[tuple[str, object]] = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat += [(f"{key}.{k}", v) for k, v in value.items()]
+        else:
+            flat.append((key, value))
+    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in flat if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     return "  ".join(shown[:limit])
 
 

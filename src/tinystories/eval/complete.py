@@ -150,7 +150,8 @@ def outputs(cfg) -> list[str]:
     return [COMPLETIONS, EVAL_MODELS]
 
 
-def _device(name: str):
+def resolve_device(name: str, option: str = "complete.device"):
+    """auto | cpu | cuda | cuda:N as a torch device; `option` names the setting in the error."""
     import torch
 
     if name == "auto":
@@ -158,9 +159,9 @@ def _device(name: str):
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"complete.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"{option}: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"complete.device: {name} requested but no CUDA device is available; use cpu or auto")
+        raise UserError(f"{option}: {name} requested but no CUDA device is available; use cpu or auto")
     return dev
 
 
@@ -182,7 +183,7 @@ def load_causal_lm(path: Path, device):
     return model, tokenizer
 
 
-def _eos_id(model, tokenizer) -> int | None:
+def eos_id(model, tokenizer) -> int | None:
     eos = tokenizer.eos_token_id
     if eos is None:
         eos = getattr(model.config, "eos_token_id", None)
@@ -410,9 +411,9 @@ def _complete_hf(cfg, spec: ModelSpec, todo: list, stage_seed: int, emit, rundir
 
     c: Config = cfg.complete
     path = _model_path(rundir, spec)
-    device = _device(c.device)
+    device = resolve_device(c.device)
     model, tokenizer = load_causal_lm(path, device)
-    eos = _eos_id(model, tokenizer)
+    eos = eos_id(model, tokenizer)
     if eos is None:
         raise UserError(f"{path}: the tokenizer has no eos token; completions could never stop (set eos_token in tokenizer_config.json)")
     info = {**_parameter_counts(model), "eos_token_id": eos, "device": str(device)}

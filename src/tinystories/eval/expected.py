@@ -65,14 +65,13 @@ class ForcedJudgment:
     item: dict
     prompt: str  # the completion-mode judge prompt, ending with "Assessment:"
     seed: int
-    s: Settings
+    settings: Settings
     assessment: str | None = None
     meta: dict = field(default_factory=dict)  # judge model, backend, seed and attempts of the assessment
     filled: list[tuple[str, str]] = field(default_factory=list)  # (slot, value written into the forced reply)
     grades: dict = field(default_factory=dict)
     distributions: dict = field(default_factory=dict)
     first: dict | None = None  # the current slot's position, while the position after "1" is asked
-    requests: int = 0
     error: str | None = None
 
     @property
@@ -91,19 +90,18 @@ class ForcedJudgment:
             return None
         common = dict(seed=self.seed, template_version=JUDGE_TEMPLATE_VERSION)
         if self.assessment is None:
-            return Request(key=f"{self.key}|assessment", prompt=self.prompt, max_tokens=self.s.max_tokens, temperature=self.s.temperature, stop=ASSESSMENT_STOPS, **common)
+            return Request(key=f"{self.key}|assessment", prompt=self.prompt, max_tokens=self.settings.max_tokens, temperature=self.settings.temperature, stop=ASSESSMENT_STOPS, **common)
         slot = SLOTS[len(self.filled)]
         text = self.prompt + judge_forced_reply(self.assessment, self.filled, slot)
         # Temperature 1: a server that scales log-probabilities by the temperature then returns the
         # model's own distribution; the token it samples is never used.
-        position = dict(max_tokens=1, temperature=1.0, top_logprobs=self.s.top_logprobs, **common)
+        position = dict(max_tokens=1, temperature=1.0, top_logprobs=self.settings.top_logprobs, **common)
         if self.first is not None:
             return Request(key=f"{self.key}|{slot}|after-1", prompt=text + "1", **position)
         return Request(key=f"{self.key}|{slot}", prompt=text, **position)
 
     def take(self, resp) -> None:
         """The answer to the request `next_request` gave: a failure ends the judgment with its reason."""
-        self.requests += 1
         if not self.meta:  # the assessment's answer (or its failure) says who judged
             self.meta = response_meta(resp)
         if not resp.ok:
@@ -127,7 +125,7 @@ class ForcedJudgment:
 
         self.distributions[slot] = {str(g): round(p, 6) for g, p in dist.items()}
         try:
-            self.grades[slot] = expected_grade(dist, self.s.min_mass, slot)
+            self.grades[slot] = expected_grade(dist, self.settings.min_mass, slot)
         except Reject as exc:
             self.error = str(exc)
             return
@@ -140,7 +138,7 @@ class ForcedJudgment:
         dist = age_distribution(position)
         self.distributions["age_group"] = {k: round(p, 6) for k, p in dist.items()}
         try:
-            letter = likeliest_age_group(dist, self.s.min_mass)
+            letter = likeliest_age_group(dist, self.settings.min_mass)
         except Reject as exc:
             self.error = str(exc)
             return
@@ -148,8 +146,15 @@ class ForcedJudgment:
         self.filled.append(("age_group", letter))
 
     def value(self) -> dict:
-        """What judge.judgment_record stores for a verdict (the parsed-reply fields, plus the distributions)."""
-        return {**{cat: self.grades[cat] for cat in CATEGORIES}, "age_group": self.grades["age_group"], "assessment": self.assessment or "", "distributions": self.distributions}
+        """What judge.judgment_record stores: the parsed-reply fields (those read so far, when it
+        failed), plus the distributions."""
+        return {**self.grades, "assessment": self.assessment or "", "distributions": self.distributions}
+
+    def reply_so_far(self) -> str | None:
+        """The forced reply up to the line that failed, kept with a failure for inspection."""
+        if self.assessment is None:
+            return None
+        return judge_forced_reply(self.assessment, self.filled, SLOTS[len(self.filled)]) if len(self.filled) < len(SLOTS) else None
 
 
 def assessment_of(resp) -> str:
@@ -177,9 +182,9 @@ def position_validator(who: str) -> Callable:
     return validate
 
 
-def start(item: dict, s: Settings, seed: int) -> ForcedJudgment:
+def start(item: dict, settings: Settings, seed: int) -> ForcedJudgment:
     src = item["source"]
-    return ForcedJudgment(item=item, prompt=judge_completion_prompt(judge_prompt(src["task"], src["prompt"], item["text"])), seed=seed, s=s)
+    return ForcedJudgment(item=item, prompt=judge_completion_prompt(judge_prompt(src["task"], src["prompt"], item["text"])), seed=seed, settings=settings)
 
 
 def run_rounds(client, judgments: list[ForcedJudgment], who: str, on_finished: Callable[[ForcedJudgment], None]) -> None:

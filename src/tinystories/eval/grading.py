@@ -101,6 +101,7 @@ def _age_group(text: str) -> str:
 # expected grade over 1..10. A position holds the top-k tokens with natural-log probabilities.
 
 GRADES = tuple(range(1, 11))
+_DASHES = ("-", "\u2013", "\u2014")
 SPLIT_ONE_ABOVE = 0.01  # below this mass on "1", not knowing whether it starts "10" moves the expected grade by < 0.09
 
 
@@ -123,17 +124,19 @@ def needs_split_of_one(position: dict[str, float]) -> bool:
 def grade_distribution(position: dict[str, float], after_one: dict[str, float] | None = None) -> dict[int, float]:
     """Probability of each grade 1..10 at a grade position; what is left is mass off the grades.
 
-    `after_one` is the position after a forced "1": "0" there makes the "1" a 10, another digit an
-    invalid 11-19, anything else (including the tail beyond its top-k) a 1."""
+    `after_one` is the position after a forced "1": "0" there makes the "1" a 10; another digit (an
+    11-19) or a dash (the range "1-10" echoed from the format line, which a small judge writes
+    more often than any grade) takes it off the grades; anything else, the tail beyond the
+    top-k included, leaves a 1."""
     probs = _probabilities(position)
     out = {g: probs.get(str(g), 0.0) for g in GRADES}
     if after_one is not None and out[1]:
         then = _probabilities(after_one)
         zero = sum(p for t, p in then.items() if t.startswith("0"))
-        other_digit = sum(p for t, p in then.items() if t[:1].isdigit() and not t.startswith("0"))
+        off_grades = sum(p for t, p in then.items() if (t[:1].isdigit() and not t.startswith("0")) or t[:1] in _DASHES)
         one = out[1]
         out[10] += one * min(1.0, zero)
-        out[1] = one * max(0.0, 1.0 - zero - other_digit)
+        out[1] = one * max(0.0, 1.0 - zero - off_grades)
     return out
 
 

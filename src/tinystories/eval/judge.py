@@ -285,10 +285,11 @@ def judgment_record(item: dict, value: dict | None, error: str | None, meta: dic
         rec["grades"] = {k: value[k] for k in CATEGORIES}
         rec["age_group"] = value["age_group"]
         rec["assessment"] = value["assessment"][:2000]
-        if "distributions" in value:
-            rec["distributions"] = value["distributions"]  # expected scoring: per category, grade -> probability
     elif reply is not None:
         rec["reply"] = reply[:2000]  # kept so a failure can be inspected
+    if value is not None and "distributions" in value:
+        # expected scoring: per category, grade -> probability (a failure keeps those it read, and the one that failed)
+        rec["distributions"] = value["distributions"]
     if item["role"] == "damaged":
         rec["text"] = item["text"]
     return rec
@@ -321,7 +322,7 @@ def send_expected(client, todo: list[dict], record: Callable, c: Config, stage_s
         if is_transport_failure(j.error):
             transport.append(j.error)
             return
-        record(j.item, j.value() if j.error is None else None, j.error, j.meta)
+        record(j.item, j.value(), j.error, j.meta, j.reply_so_far())
 
     described = client.describe()
     expected.run_rounds(client, judgments, f"the judge ({described.get('backend')}, {described.get('model')})", on_finished)

@@ -147,8 +147,13 @@ def generate_batch(
     temperature: float = 1.0,
     top_p: float = 1.0,
     indices: Sequence[int] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
-    """Generate for one batch of prompts at once (see module docstring). eos_token_id None: never stop early."""
+    """Generate for one batch of prompts at once (see module docstring). eos_token_id None: never stop early.
+
+    on_token(index, token) is called for every new token kept (not the eos) as soon as it is
+    drawn, so a caller can stream text to a terminal or a web page.
+    """
     import torch
 
     if len(prompts) != len(seeds):
@@ -210,6 +215,8 @@ def generate_batch(
                     done_rows.append(j)
                 else:
                     results[row].tokens.append(tok)
+                    if on_token is not None:
+                        on_token(results[row].index, tok)
             if step == max_new_tokens - 1:
                 break
             n_alive = len(alive_cpu)

@@ -200,7 +200,7 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False, allow_unfini
     record.update(status="done", outputs=outputs, metrics=metrics, finished_at=now_iso(), wall_s=round(time.time() - t0, 3))
     if main:
         rundir.update_stage(stage.name, record)
-    return {"status": "done", "metrics": metrics}
+    return {"status": "done", "metrics": metrics, "wall_s": record["wall_s"]}
 
 
 def _open_stage_log(rundir: RunDir, name: str, main: bool) -> logging.Handler:

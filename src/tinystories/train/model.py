@@ -235,50 +235,38 @@ def shape_from_hf_config(config) -> Shape:
     )
 
 
+def _hf_name_pairs(num_layers: int) -> list[tuple[str, str]]:
+    """(our name, GPTNeoForCausalLM's name) for every parameter copied as it is; the fused qkv
+    weight, the one that is split, is handled by the two converters below."""
+    pairs = [(n, f"transformer.{n}") for n in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")]
+    for i in range(num_layers):
+        p, o = f"h.{i}.", f"transformer.h.{i}."
+        pairs += [(p + f"out_proj.{t}", o + f"attn.attention.out_proj.{t}") for t in ("weight", "bias")]
+        pairs += [(p + f"{ln}.{t}", o + f"{ln}.{t}") for ln in ("ln_1", "ln_2") for t in ("weight", "bias")]
+        pairs += [(p + f"{name}.{t}", o + f"mlp.{name}.{t}") for name in ("c_fc", "c_proj") for t in ("weight", "bias")]
+    return pairs
+
+
+def _qkv_names(i: int) -> tuple[str, list[str]]:
+    attention = f"transformer.h.{i}.attn.attention."
+    return f"h.{i}.qkv.weight", [attention + f"{x}_proj.weight" for x in "qkv"]
+
+
 def to_hf_state_dict(model) -> dict:
     """FastGPTNeo parameters under GPTNeoForCausalLM's names (fused qkv split into q/k/v)."""
-    sd = {}
     src = {k: v.detach() for k, v in model.state_dict().items()}
-    sd["transformer.wte.weight"] = src["wte.weight"]
-    sd["transformer.wpe.weight"] = src["wpe.weight"]
-    sd["transformer.ln_f.weight"] = src["ln_f.weight"]
-    sd["transformer.ln_f.bias"] = src["ln_f.bias"]
+    sd = {hf: src[ours] for ours, hf in _hf_name_pairs(model.shape.num_layers)}
     for i in range(model.shape.num_layers):
-        p, o = f"h.{i}.", f"transformer.h.{i}."
-        q, k, v = src[p + "qkv.weight"].chunk(3, dim=0)
-        sd[o + "attn.attention.q_proj.weight"] = q
-        sd[o + "attn.attention.k_proj.weight"] = k
-        sd[o + "attn.attention.v_proj.weight"] = v
-        sd[o + "attn.attention.out_proj.weight"] = src[p + "out_proj.weight"]
-        sd[o + "attn.attention.out_proj.bias"] = src[p + "out_proj.bias"]
-        for ln in ("ln_1", "ln_2"):
-            sd[o + f"{ln}.weight"] = src[p + f"{ln}.weight"]
-            sd[o + f"{ln}.bias"] = src[p + f"{ln}.bias"]
-        for name in ("c_fc", "c_proj"):
-            sd[o + f"mlp.{name}.weight"] = src[p + f"{name}.weight"]
-            sd[o + f"mlp.{name}.bias"] = src[p + f"{name}.bias"]
+        fused, split = _qkv_names(i)
+        sd.update(zip(split, src[fused].chunk(3, dim=0)))
     return sd
 
 
 def from_hf_state_dict(sd: dict, num_layers: int) -> dict:
-    out = {
-        "wte.weight": sd["transformer.wte.weight"],
-        "wpe.weight": sd["transformer.wpe.weight"],
-        "ln_f.weight": sd["transformer.ln_f.weight"],
-        "ln_f.bias": sd["transformer.ln_f.bias"],
-    }
+    out = {ours: sd[hf] for ours, hf in _hf_name_pairs(num_layers)}
     for i in range(num_layers):
-        p, o = f"h.{i}.", f"transformer.h.{i}."
-        a = o + "attn.attention."
-        out[p + "qkv.weight"] = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]], dim=0)
-        out[p + "out_proj.weight"] = sd[a + "out_proj.weight"]
-        out[p + "out_proj.bias"] = sd[a + "out_proj.bias"]
-        for ln in ("ln_1", "ln_2"):
-            out[p + f"{ln}.weight"] = sd[o + f"{ln}.weight"]
-            out[p + f"{ln}.bias"] = sd[o + f"{ln}.bias"]
-        for name in ("c_fc", "c_proj"):
-            out[p + f"{name}.weight"] = sd[o + f"mlp.{name}.weight"]
-            out[p + f"{name}.bias"] = sd[o + f"mlp.{name}.bias"]
+        fused, split = _qkv_names(i)
+        out[fused] = torch.cat([sd[name] for name in split], dim=0)
     return out
 
 

@@ -1,0 +1,67 @@
+"""A stage's options for `tinystories STAGE --help`: name, default and the one-line comment
+that documents each field of its Config dataclass (the comment is the documentation, so it is
+read from the source rather than repeated in a help string)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import textwrap
+import typing
+
+_FIELD_LINE = re.compile(r"^\s+(?P<name>\w+)\s*:\s*[^=#]+?(?:=.*?)?\s*#\s*(?P<doc>.+)$")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its trailing `# comment` in the dataclass source (inherited fields too)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            match = _FIELD_LINE.match(line)
+            if match:
+                docs[match["name"]] = match["doc"].strip()
+    return docs
+
+
+def _default(field: dataclasses.Field) -> typing.Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def option_rows(section: str, cls: type) -> list[tuple[str, str, str]]:
+    """(section.key, default, description) for every option, nested dataclasses flattened."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for field in dataclasses.fields(cls):
+        tp = hints.get(field.name)
+        if dataclasses.is_dataclass(tp):
+            rows += option_rows(f"{section}.{field.name}", tp)
+            continue
+        default = _default(field)
+        shown = repr(default) if isinstance(default, str) else str(default).lower() if isinstance(default, bool) else str(default)
+        rows.append((f"{section}.{field.name}", shown, docs.get(field.name, "")))
+    return rows
+
+
+def options_help(section: str, cls: type, width: int = 100) -> str:
+    """The epilog of `tinystories STAGE --help`: one line per option."""
+    rows = option_rows(section, cls)
+    if not rows:
+        return ""
+    lines = ["options (set with --set KEY=VALUE or in the config's section), default in brackets:"]
+    for key, default, doc in rows:
+        lines.append(f"  {key} [{default}]")
+        if doc:
+            lines += textwrap.wrap(doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
