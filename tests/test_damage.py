@@ -22,3 +22,12 @@ def test_damage_functions():
     assert damage.shuffle_sentences(" He ran home.", rng) is None
     assert damage.truncate(" He ran", rng) is None
     assert damage.damage("swapped", text, rng, text) is None
+
+
+def test_a_story_is_cut_at_the_sentence_boundary_nearest_its_middle():
+    story = "Tom had a red ball. He threw it to Sue. Sue caught it and laughed. They played all day long."
+    beginning, continuation = damage.cut_at_sentence(story)
+    assert beginning == "Tom had a red ball. He threw it to Sue.", "the boundary nearest the middle (in characters)"
+    assert continuation == " Sue caught it and laughed. They played all day long.", "the true continuation, starting with a space like a completion"
+    assert damage.cut_at_sentence('She said "Go!" Then he went home.') == ('She said "Go!"', " Then he went home."), "a closing quote stays with its sentence"
+    assert damage.cut_at_sentence("Only one sentence here.") is None, "one sentence has no beginning and continuation"

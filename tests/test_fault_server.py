@@ -155,6 +155,10 @@ def make_eval_run(run: Path) -> None:
                              "prompt": f"Prompt number {p}: once upon a time there was a", "prompt_tokens": 9, "completion_tokens": 30, "seed": 1,
                              "text": f" little dog number {k} who liked tale {p}. He ran and played. That was tale {p}. Then he slept well."})  # fmt: skip
     (run / "eval" / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    # the stories the judge's discrimination originals are cut from (judge.originals: auto samples them)
+    stories = [f"Tom had ball number {i}. He threw it up high. Sue caught the ball and laughed. They played with it until dark." for i in range(4)]
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    (run / "data" / "stories.jsonl").write_text("".join(json.dumps({"id": f"s{i}", "story": t}) + "\n" for i, t in enumerate(stories)))
 
 
 def test_judge_survives_every_fault(stub, run_dir):

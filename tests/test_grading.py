@@ -126,3 +126,32 @@ def test_mean_ci():
     r = stats.mean_ci([4, 6, 8])
     assert r["mean"] == 6 and r["n"] == 3 and abs(r["ci95"] - 4.303 * 2 / 3**0.5) < 1e-3
     assert stats.mean_ci([5])["ci95"] is None and stats.mean_ci([])["mean"] is None
+
+
+# -- trust: which categories the report may trust ----------------------------------------------
+
+
+def _disc(shares: dict[str, dict[str, float]], n: int = 8) -> dict:
+    from tinystories.eval.damage import DAMAGES
+
+    return {kind: {"n_pairs": n, "share_original_better": shares.get(kind, {})} for kind in DAMAGES}
+
+
+def test_a_category_is_trusted_when_its_damages_are_caught_and_repeats_agree():
+    rules = grading.TrustRules(min_discrimination=0.75, max_inconsistency=1.0, min_pairs=4)
+    disc = _disc({"word_salad": {"grammar": 0.9, "creativity": 0.5}, "truncated": {"grammar": 0.75, "plot": 1.0}, "shuffled_sentences": {"plot": 1.0}, "swapped": {"consistency": 1.0}})
+    cons = {"mean_abs_diff": {"grammar": 0.5, "creativity": 0.2, "consistency": 1.5, "plot": 1.0}, "share_within_1": {}}
+    trust = grading.category_trust(disc, cons, rules)
+    assert trust["grammar"]["trusted"] and trust["grammar"]["weakest_discrimination"] == 0.75, "the threshold itself passes"
+    assert trust["plot"]["trusted"], "a mean difference at the threshold passes"
+    assert not trust["creativity"]["trusted"] and "word salad in only 50% of 8 pairs (needs 75%)" in trust["creativity"]["reasons"][0]
+    assert not trust["consistency"]["trusted"] and "differ by 1.50 points" in trust["consistency"]["reasons"][0]
+
+
+def test_too_few_pairs_or_no_repeats_leave_a_category_untrusted():
+    rules = grading.TrustRules(min_pairs=4)
+    perfect = {"word_salad": {c: 1.0 for c in grading.CATEGORIES}, "truncated": {c: 1.0 for c in grading.CATEGORIES}}
+    trust = grading.category_trust(_disc(perfect, n=3), {"mean_abs_diff": {"grammar": 0.0}, "share_within_1": {}}, rules)
+    assert not trust["grammar"]["trusted"] and "only 3 original/word salad pairs" in trust["grammar"]["reasons"][0]
+    trust = grading.category_trust(_disc(perfect), {"mean_abs_diff": {}, "share_within_1": {}}, rules)
+    assert not trust["grammar"]["trusted"] and "consistency is unknown" in trust["grammar"]["reasons"][0]

@@ -34,9 +34,12 @@ def story_text(p: int, k: int) -> str:
 
 
 ORIGINALS = {story_text(p, k).strip() for p in range(10) for k in range(10)} | set(STORIES)
+# The held-out stories of make_eval_run's dataset (data/val_stories.json): long enough that their
+# true continuation has several sentences, so every damage applies to it.
+VAL_STORIES = [f"{STORIES[i]} {STORIES[(i + 1) % 4]}" for i in range(4)]
 
 
-def make_eval_run(root: Path, n_prompts: int = 4, samples: int = 3) -> Path:
+def make_eval_run(root: Path, n_prompts: int = 4, samples: int = 3, val_stories: bool = True) -> Path:
     run = root / "run"
     (run / "eval").mkdir(parents=True)
     (run / "data").mkdir(parents=True)
@@ -49,7 +52,12 @@ def make_eval_run(root: Path, n_prompts: int = 4, samples: int = 3) -> Path:
             recs.append({"model": model, "kind": kind, "task": "instruct", "prompt_id": "i0", "sample_id": 0, "prompt": "Words: dog, ball\nFeatures: Dialogue", "words": ["dog", "ball"], "text": " " + STORIES[0], "prompt_tokens": 9, "completion_tokens": 30, "seed": 1})
     (run / "eval" / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     stories = [{"id": "s0", "text": "Once upon a time. " + prompt_text(2) + " he fell."}] + [{"id": f"s{i + 1}", "text": s} for i, s in enumerate(STORIES)]
+    stories += [{"id": f"v{i}", "story": s} for i, s in enumerate(VAL_STORIES)]
     (run / "data" / "stories.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stories))
+    if val_stories:
+        from tinystories.train.heldout import story_key, write_val_stories
+
+        write_val_stories(run / "data" / "val_stories.json", [story_key(s) for s in VAL_STORIES])
     return run
 
 
@@ -64,12 +72,22 @@ def reply(grammar, creativity, consistency, plot=5, age="C") -> str:
     return f"Assessment: ok.\nGrammar: {grammar}/10\nCreativity: {creativity}/10\nConsistency: {consistency}/10\nPlot: {plot}/10\nAge group: {age}"
 
 
+def verdict(request) -> tuple[bool, bool]:
+    """(intact, own): whether the graded text is an undamaged story (a model's, or a held-out
+    story's true continuation), and whether it continues this beginning."""
+    beginning, completion = parts(request)
+    text = completion.strip()
+    intact = text in ORIGINALS or any(s.endswith(" " + text) for s in VAL_STORIES)
+    m = re.search(r"Prompt number (\d)", beginning)
+    if m:
+        return intact, f"That was tale {m.group(1)}." in completion
+    heldout = any(s.startswith(beginning) for s in VAL_STORIES)
+    return intact, not heldout or f"{beginning} {text}" in VAL_STORIES
+
+
 def rule_judge(request) -> str:
     """Grammar high only for an undamaged story; consistency high only for its own prompt."""
-    beginning, completion = parts(request)
-    intact = completion.strip() in ORIGINALS
-    m = re.search(r"Prompt number (\d)", beginning)
-    own = m is None or f"That was tale {m.group(1)}." in completion
+    intact, own = verdict(request)
     return reply(9 if intact else 2, 7 if intact else 3, 8 if (intact and own) else 2)
 
 
@@ -108,8 +126,108 @@ def test_rule_judge_discriminates_perfectly(tmp_path, monkeypatch):
     assert scores["contamination"]["flagged"] == ["b2"]
     assert scores["contamination"]["prompts"]["b2"]["example_story"] == "s0"
     recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
-    assert {r["role"] for r in recs} == {"main", "repeat", "damaged"}
+    assert {r["role"] for r in recs} == {"main", "repeat", "original", "damaged"}
     assert all(r["ok"] for r in recs)
+
+
+def test_discrimination_originals_are_held_out_stories_cut_at_a_sentence_boundary(tmp_path, monkeypatch):
+    from tinystories.eval.damage import split_sentences
+
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run)) == 0
+    recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
+    originals = [r for r in recs if r["role"] == "original"]
+    assert len(originals) == len(VAL_STORIES), "every held-out story (fewer than discrimination_sample) is an original"
+    for r in originals:
+        story = f"{r['prompt']} {r['text'].strip()}"
+        assert story in VAL_STORIES, f"beginning + true continuation is a held-out story, not {story!r}"
+        assert r["prompt"][-1] in ".!?", "the cut is at a sentence boundary"
+        assert split_sentences(r["prompt"]) and len(split_sentences(r["text"])) >= 2, "both halves hold whole sentences"
+    damaged = [r for r in recs if r["role"] == "damaged"]
+    assert {r["model"] for r in damaged} == {"heldout"}, "no model completion is an original (there is no baseline)"
+    swapped = [r for r in damaged if r["damage"] == "swapped"]
+    assert swapped and all(any(s.endswith(r["text"]) for s in VAL_STORIES) for r in swapped), "a swap puts another held-out story's continuation in place"
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    rel = scores["reliability"]
+    assert rel["originals"] == {"source": "heldout", "stories": 4, "file": "data/val_stories.json"}
+    assert rel["discrimination_originals"] == {"heldout": 4, "baseline": 0}
+    assert rel["originals_graded"]["grammar"]["mean"] == 9, "the true continuations are graded like completions"
+    assert "heldout" not in scores["models"], "held-out originals are no model"
+
+
+def test_without_val_stories_the_originals_are_a_seeded_sample_of_the_stories(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path, val_stories=False)
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run, "--set", "judge.discrimination_sample=3")) == 0
+    rel = json.loads((run / "eval" / "scores.json").read_text())["reliability"]
+    assert rel["originals"]["source"] == "sample" and rel["originals"]["stories"] == 3
+    originals = [r for r in read_jsonl(run / "eval" / "judgments.jsonl") if r["role"] == "original"]
+    data = [json.loads(line) for line in (run / "data" / "stories.jsonl").read_text().splitlines()]
+    texts = [d.get("story") or d.get("text") for d in data]
+    assert len(originals) == 3 and all(f"{r['prompt']} {r['text'].strip()}" in texts for r in originals)
+
+
+def test_originals_heldout_without_val_stories_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    run = make_eval_run(tmp_path, val_stories=False)
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run, "--set", "judge.originals=heldout")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val_stories.json" in err[0] and "prepare" in err[0], err
+
+
+def test_a_baselines_completions_are_originals_too(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    path = run / "eval" / "completions.jsonl"
+    recs = list(read_jsonl(path))
+    recs += [{**r, "model": "baseline/embedded", "kind": "baseline"} for r in recs if r["model"] == "pretrain/1M"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run)) == 0
+    damaged = [r for r in read_jsonl(run / "eval" / "judgments.jsonl") if r["role"] == "damaged"]
+    assert {r["model"] for r in damaged} == {"heldout", "baseline/embedded"}
+    rel = json.loads((run / "eval" / "scores.json").read_text())["reliability"]
+    assert rel["discrimination_originals"] == {"heldout": 4, "baseline": 6}
+    assert rel["discrimination"]["word_salad"]["n_pairs"] == 10
+
+
+def test_scores_hold_reliability_per_scoring_category_and_damage(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run)) == 0
+    rel = json.loads((run / "eval" / "scores.json").read_text())["reliability"]
+    assert rel["scoring"] == "sampled"
+    assert set(rel["by_scoring"]) == {"sampled"}, "the figures are keyed by the scoring that made them"
+    assert rel["by_scoring"]["sampled"]["mean_abs_diff"] == rel["consistency"]["mean_abs_diff"], "consistency per category, under that scoring"
+    by = rel["by_scoring"]["sampled"]["discrimination"]
+    assert set(by) == {"grammar", "creativity", "consistency", "plot"}
+    for cat, per_damage in by.items():
+        assert set(per_damage) == {"shuffled_sentences", "word_salad", "truncated", "swapped"}, cat
+        for kind, share in per_damage.items():
+            assert share == rel["discrimination"][kind]["share_original_better"][cat], (cat, kind)
+    assert by["grammar"]["word_salad"] == 1.0 and by["consistency"]["swapped"] == 1.0 and by["plot"]["truncated"] == 0.0
+    cats = rel["categories"]
+    assert cats["grammar"]["trusted"] and cats["creativity"]["trusted"] and cats["consistency"]["trusted"]
+    assert not cats["plot"]["trusted"], "the rule judge grades plot 5 whatever it reads"
+    assert "truncated version in only 0% of 4 pairs" in cats["plot"]["reasons"][1]
+    assert rel["trusted"] == ["grammar", "creativity", "consistency"] and rel["unreliable"] is False
+    assert rel["rules"]["min_discrimination"] == 0.75 and rel["rules"]["must_catch"]["grammar"] == ["word_salad", "truncated"]
+    assert rel["consistency"]["share_within_1"]["grammar"] == 1.0
+
+
+def test_every_model_is_graded_on_the_same_beginnings(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path, n_prompts=5, samples=3)
+    install(monkeypatch, rule_judge)
+    assert main(judge_args(run, "--set", "judge.max_judged=3")) == 0
+    main_recs = [r for r in read_jsonl(run / "eval" / "judgments.jsonl") if r["role"] == "main"]
+    slots = {}
+    for r in main_recs:
+        slots.setdefault((r["model"], r["task"]), set()).add((r["prompt_id"], r["sample_id"]))
+    assert set(slots) == {("pretrain/1M", "continue"), ("sft/1M", "continue"), ("sft/1M", "instruct")}, "no model loses a task to the sample"
+    assert slots[("pretrain/1M", "continue")] == slots[("sft/1M", "continue")], "the same beginnings and samples for every model"
+    assert len({p for p, _ in slots[("pretrain/1M", "continue")]}) == 3, "three different beginnings before any second sample"
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["models"]["pretrain/1M"]["tasks"]["continue"]["n_judged"] == 3 == scores["models"]["sft/1M"]["tasks"]["continue"]["n_judged"]
 
 
 def test_continuation_prompt_follows_the_papers_figure_3():
@@ -140,6 +258,7 @@ def test_constant_judge_is_flagged_unreliable(tmp_path, monkeypatch):
     assert rel["unreliable"] is True
     assert rel["discrimination"]["word_salad"]["share_original_better"]["grammar"] == 0.0
     assert "word salad" in rel["reasons"][0]
+    assert rel["trusted"] == [] and not any(c["trusted"] for c in rel["categories"].values()), "a judge that grades everything 7 is trusted on nothing"
 
 
 def test_unparseable_replies_are_retried_then_recorded_as_failures(tmp_path, monkeypatch):
@@ -325,18 +444,15 @@ def forced_judge(request, grammar_if_intact=INTACT_GRAMMAR):
     """A completion-mode judge with known distributions at every forced grade line."""
     if not request.top_logprobs:
         return " The student finishes the sentence and keeps to the story."
-    if "Prompt number" not in request.prompt and "Words:" not in request.prompt:
+    if request.key == "judge|logprobs-probe":
         return position({"7": 1.0})  # the stage's probe: does the judge return log-probabilities?
-    beginning, completion = parts(request)
-    intact = completion.strip() in ORIGINALS
+    intact, own = verdict(request)
     line = request.prompt.rsplit("\n", 1)[1]
     if line == "Grammar: ":
         return position(grammar_if_intact if intact else DAMAGED_GRAMMAR)
     if line == "Creativity: ":
         return position({"7": 1.0} if intact else {"3": 1.0})
     if line == "Consistency: ":
-        m = re.search(r"Prompt number (\d)", beginning)
-        own = m is None or f"That was tale {m.group(1)}." in completion
         return position({"8": 1.0} if (intact and own) else {"2": 1.0})
     if line == "Plot: ":
         return position(PLOT_FIRST)
@@ -363,6 +479,7 @@ def test_expected_scoring_is_the_default_for_a_judge_with_token_probabilities(tm
     assert base["age_groups"] == {"C": 12}
     rel = scores["reliability"]
     assert rel["discrimination"]["word_salad"]["share_original_better"]["grammar"] == 1.0 and rel["unreliable"] is False
+    assert rel["scoring"] == "expected" and rel["by_scoring"]["expected"]["discrimination"]["grammar"]["word_salad"] == 1.0, "recorded under the scoring that made it"
     recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
     main_rec = next(r for r in recs if r["role"] == "main" and r["task"] == "continue")
     assert main_rec["distributions"]["grammar"]["9"] == pytest.approx(0.7) and main_rec["distributions"]["grammar"]["8"] == pytest.approx(0.2)
@@ -390,6 +507,25 @@ def test_expected_grade_without_mass_on_grades_is_a_failure_not_a_score(tmp_path
     intact = [r for r in failed if r["damage"] is None]
     assert intact[0]["distributions"]["grammar"]["7"] == pytest.approx(0.2), "a failure keeps the distribution that failed, for inspection"
     assert intact[0]["reply"].endswith("\nGrammar: "), "and the forced reply up to the failing line"
+
+
+def test_an_age_written_in_years_leaves_the_expected_grades_standing(tmp_path, monkeypatch):
+    # the embedded 1.5B writes an age ("5") where the letter belongs: 98% of its probability on digits
+    def ages_in_years(request):
+        if request.top_logprobs and request.prompt.endswith("Age group: "):
+            return position({"5": 0.6, "1": 0.38, " B": 0.02})
+        return forced_judge(request)
+
+    run = make_eval_run(tmp_path)
+    install(monkeypatch, ages_in_years)
+    assert main(completion_judge_args(run, "--set", "judge.scoring=expected")) == 0
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
+    assert base["n_judged"] == 12 and base["n_failed"] == 0, "the grades were read: the judgment stands"
+    assert base["age_groups"] == {} and base["age_group_failed"] == 12
+    rec = next(r for r in read_jsonl(run / "eval" / "judgments.jsonl") if r["role"] == "main")
+    assert rec["ok"] and rec["age_group"] is None and "only 2% of the judge's probability on the letters A-F" in rec["age_group_error"]
+    assert scores["reliability"]["discrimination"]["word_salad"]["share_original_better"]["grammar"] == 1.0
 
 
 @pytest.mark.parametrize("mode, option", [("completion", "judge.scoring: sampled"), ("chat", "judge.llm.mode: completion")])

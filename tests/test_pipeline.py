@@ -371,3 +371,11 @@ def test_stage_help_lists_options_with_default_and_description(capsys):
 
         undocumented = [key for key, _, doc in option_rows(stage.section, stage.Config) if not doc]
         assert not undocumented, f"stage {stage.name}: options without a one-line comment: {undocumented}"
+
+
+def test_operational_llm_knobs_do_not_make_stages_stale():
+    base = registry.load_run_config(None)
+    pushed = registry.load_run_config(None, ["llm.concurrency=64", "llm.max_tokens_total=1000", "llm.timeout_s=5"])
+    assert base.hash(["generate", "llm"]) == pushed.hash(["generate", "llm"]), "a concurrency/cap/timeout change reran a stage"
+    other_model = registry.load_run_config(None, ["llm.model=smollm2-135m"])
+    assert base.hash(["generate", "llm"]) != other_model.hash(["generate", "llm"]), "a model change did not rerun the stage"

@@ -52,7 +52,7 @@ def test_end_to_end_checkpoint_loads_and_generates(run_dir, tmp_path, capsys):
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(r["tokens"] == 4 * 32 * r["step"] for r in records)
-    evals = [r for r in records if "val_loss" in r]
+    evals = [r for r in records if r["val_loss"] is not None]
     assert [r["step"] for r in evals] == [3, 6]
     assert all(r["val_bpb"] > 0 and r["train_bpb"] > 0 and r["lr"] > 0 for r in evals)
 
@@ -248,3 +248,89 @@ def test_bits_per_byte_count_the_bytes_of_the_evaluated_tokens(tmp_path):
     x, _ = RandomWindows(np.memmap(run_dir / "data" / "train.bin", dtype=np.uint16, mode="r"), 4, 32, derive_seed(7, "pretrain")).batch(0, 0, 0, 1)
     first = records[0]
     assert first["train_bpb"] == pytest.approx(first["train_loss"] * x[:, 1:].numel() / nbytes(x.numpy()) / math.log(2), rel=1e-4)
+
+
+def test_tensorboard_tags_text_samples_and_the_bar_show_validation(run_dir, tmp_path, monkeypatch):
+    """TensorBoard keeps train and val apart (train/..., val/...), logs the gradient norm and
+    a text sample per validation pass; the progress bar shows the last validation loss."""
+    import contextlib
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import tinystories.progress as progress
+
+    bars = []
+    real_bar = progress.progress_bar
+
+    @contextlib.contextmanager
+    def recording_bar(*args, **kwargs):
+        with real_bar(*args, **kwargs) as bar:
+            bars.append(bar)
+            yield bar
+
+    monkeypatch.setattr(progress, "progress_bar", recording_bar)
+    assert _pretrain(run_dir, write_config(tmp_path / "c.yaml", eval_samples=2)) == 0
+    out = run_dir / "pretrain" / "tiny"
+    records = read_metrics(out / "metrics.jsonl")
+
+    events = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/bpb", "train/lr", "train/tokens_per_s", "train/grad_norm", "val/loss", "val/bpb"):
+        assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
+    assert not {"train_loss", "val_loss"} & scalars, "flat tags are gone"
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 6], "one val/loss point per validation pass"
+    grad_norms = [e.value for e in events.Scalars("train/grad_norm")]
+    assert grad_norms == pytest.approx([r["grad_norm"] for r in records], rel=1e-3), "the grad norm of every logged step"
+
+    texts = sorted(tag for tag in events.Tags()["tensors"] if tag.startswith("samples/"))
+    assert len(texts) == 2, f"two text samples, got {texts}"
+    sample_events = events.Tensors(texts[0])
+    assert [e.step for e in sample_events] == [3, 6], "a text sample at each validation pass"
+    first = sample_events[-1].tensor_proto.string_val[0].decode("utf-8")
+    assert first.startswith("Once upon a time") and len(first) > len("Once upon a time"), first
+
+    assert len(bars) == 1, "one bar for the one size"
+    counters = bars[0].fields
+    assert counters["val_loss"] == f"{records[-1]['val_loss']:.3f}", counters
+    assert counters["val_bpb"] == f"{records[-1]['val_bpb']:.3f}", counters
+
+
+def test_grad_norm_is_logged_without_clipping(run_dir, tmp_path):
+    assert _pretrain(run_dir, write_config(tmp_path / "c.yaml", max_steps=2, grad_clip=0.0, eval_samples=0)) == 0
+    out = run_dir / "pretrain" / "tiny"
+    records = read_metrics(out / "metrics.jsonl")
+    assert all(r["grad_norm"] > 0 for r in records), records
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert not [t for t in events.Tags()["tensors"] if t.startswith("samples/")], "eval_samples 0 writes no text"
+
+
+def test_eval_samples_has_one_beginning_each():
+    from tinystories.train.args import MAX_EVAL_SAMPLES
+    from tinystories.train.training_log import SAMPLE_BEGINNINGS
+
+    assert len(SAMPLE_BEGINNINGS) == MAX_EVAL_SAMPLES, "the eval_samples bound is the number of beginnings"
+
+
+def test_resumed_metrics_of_an_older_layout_get_one_schema(tmp_path):
+    """Rows written before metrics.jsonl had one schema (val keys only on validation steps)
+    are given every key when a run resumes; an empty file is not kept."""
+    from tinystories.train.training_log import METRIC_KEYS, TrainingLog
+
+    out = tmp_path / "tiny"
+    out.mkdir()
+    old = [{"step": 1, "train_loss": 5.0}, {"step": 2, "train_loss": 4.0, "val_loss": 4.5, "val_bpb": 2.0}, {"step": 3, "train_loss": 3.0}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    TrainingLog(out, start_step=2).close()
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2], "rows past the checkpoint are cut"
+    assert all(list(r) == list(METRIC_KEYS) for r in rows), rows
+    assert rows[0]["val_loss"] is None and rows[1]["val_loss"] == 4.5, rows
+
+    (out / "metrics.jsonl").write_text("")
+    TrainingLog(out, start_step=2).close()
+    assert not (out / "metrics.jsonl").exists(), "an empty metrics.jsonl is removed"

@@ -101,6 +101,48 @@ def test_unreliable_judge_warns_at_the_top(tmp_path, monkeypatch):
     md = (run / "report" / "results.md").read_text()
     first = md.split("\n## ")[0]
     assert "**WARNING: the judge is unreliable" in first and "word salad" in first
+    assert "scripted-model" in first and "sampled scoring" in first, "the warning names the judge and scoring"
+    assert all("(untrusted;" in h for h in _grades_table_heading(md)), "no grade of an unreliable judge is shown as trusted"
+
+
+def _grades_table_heading(md: str) -> list[str]:
+    section = md.split("## Judge scores: story completions")[1].split("\n## ")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| model | kind |"))
+    return [c.strip() for c in header.strip("|").split("|")][3:7]
+
+
+def test_report_marks_each_category_trusted_or_not(tmp_path, monkeypatch):
+    run = full_run(tmp_path, monkeypatch)  # the rule judge: right on grammar, creativity, consistency; plot always 5
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    rel = json.loads((run / "eval" / "scores.json").read_text())["reliability"]
+    headings = _grades_table_heading(md)
+    assert headings == [report.category_heading(c, rel) for c in report.CATS], "every grade column carries its category's reliability"
+    assert headings[0] == "grammar (trusted; caught 100%, repeat Δ 0.00)"
+    assert headings[3] == "plot (untrusted; caught 0%, repeat Δ 0.00)"
+    top = md.split("\n## ")[0]
+    assert "WARNING" not in top, "a judge trusted on some categories is no unreliable judge"
+    assert "Judge scripted-model (backend scripted, chat mode, sampled scoring): trusted on grammar, creativity, consistency; **untrusted on plot**" in top
+    assert "Graded by scripted-model (backend scripted, chat mode, sampled scoring)" in md.split("## Judge scores: story completions")[1], "the grades say which judge and scoring made them"
+    section = md.split("## Judge reliability")[1].split("\n## ")[0]
+    assert "| grammar | **trusted** | word salad 100%, truncated version 100% | 0.00 | 100% | - |" in section
+    assert "| plot | untrusted |" in section and "truncated version in only 0% of 4 pairs (needs 75%)" in section
+    assert "at least 75% of at least 4 pairs" in section and "at most 1.00 points" in section, "the thresholds are stated"
+    assert "held-out validation stories" in section and "4 stories" in section
+
+
+def test_a_judge_that_catches_every_damage_is_trusted_on_every_category(tmp_path, monkeypatch):
+    from test_judge import reply, verdict
+
+    def careful(request):
+        intact, own = verdict(request)
+        return reply(9 if intact else 2, 7 if intact else 3, 8 if (intact and own) else 2, plot=8 if intact else 3)
+
+    run = full_run(tmp_path, monkeypatch, judge_fn=careful)
+    assert main(["report", "--run-dir", str(run)]) == 0
+    md = (run / "report" / "results.md").read_text()
+    assert all(h.split(" (")[1].startswith("trusted;") for h in _grades_table_heading(md)), _grades_table_heading(md)
+    assert "untrusted" not in md and "WARNING" not in md
 
 
 def test_missing_optional_inputs_give_sections_not_failures(tmp_path, monkeypatch):

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo this stage (repeatable)")
     p = sub.add_parser("status", help="show each stage's state in a run directory")
     p.add_argument("--run-dir", required=True, type=Path)
+    p = sub.add_parser("plan", help="before running: requests, tokens, dollars, hours and disk per stage of a config")
+    _add_config_args(p, run_dir_required=False)
+    p.add_argument("--train-flops", type=float, default=0.0, metavar="FLOP/S", help="achieved training FLOP/s of your hardware for training hours (e.g. 3e14); default: the 2-core CPU figures, or the run dir's measured speed")
     p = sub.add_parser("llm", help="send one prompt through the configured LLM backend (a quick backend check)")
     p.add_argument("prompt", help="the prompt text")
     _add_config_args(p, run_dir_required=False)
@@ -54,7 +57,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
+    _add_tryout_parsers(sub)
+    _add_export_parser(sub)
+    _add_compare_parser(sub)
     return parser
+
+
+def _add_compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="compare runs: bits per byte and judge grades against model size and training tokens (markdown + charts)")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories, e.g. runs/small runs/large")
+    p.add_argument("--out", type=Path, default=Path("compare"), help="where to write compare.md and its charts (default: compare/ here)")
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="copy a finished model into a clean directory with its model card (and upload it to the Hugging Face Hub)")
+    p.add_argument("--run-dir", required=True, type=Path, help="the run directory, e.g. runs/quickstart")
+    p.add_argument("--model", required=True, metavar="pretrain/SIZE|sft/SIZE", help="the checkpoint to export, e.g. sft/8M")
+    p.add_argument("--out", required=True, type=Path, help="the directory to write (new, empty or a previous export)")
+    p.add_argument("--license", default="mit", help="the license the model card declares (a Hub license id; default mit)")
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None, help="then upload the directory to this Hub model repo (token from HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0, as in evaluation)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling share (default 0.95, as in evaluation)")
+    p.add_argument("--seed", type=int, default=0, help="with the prompt, fixes each completion (default 0)")
+    p.add_argument("--max-tokens", type=int, default=200, help="longest completion in tokens (default 200)")
+
+
+def _add_tryout_parsers(sub) -> None:
+    p = sub.add_parser("sample", help="complete a beginning or follow an instruction with trained models, side by side")
+    p.add_argument("text", nargs="?", default=None, help='a story beginning, e.g. "Once upon a time"')
+    p.add_argument("--run-dir", required=True, type=Path, help="the run directory, e.g. runs/quickstart")
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="pretrain/SIZE|sft/SIZE", help="a model of the run (repeatable; default: every trained one)")
+    p.add_argument("--instruct", default=None, metavar="INSTRUCTION", help='an instruction instead, e.g. "Words: dog, ball, happy" (sft models get the instruction format)')
+    p.add_argument("--file", type=Path, default=None, help="a text file of prompts: one beginning per line, or `instruct: <instruction>`")
+    p.add_argument("--jsonl", action="store_true", help="print one JSON line per completion instead of the table")
+    _add_sampling_args(p)
+    p = sub.add_parser("serve", help="a local web page to try the run's models side by side (and grade them with the judge)")
+    _add_config_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
 
 
 def resolve_config(args):
@@ -206,6 +252,15 @@ def _headline(metrics: dict, limit: int = 4) -> str:
     return "  ".join(shown[:limit])
 
 
+def cmd_plan(args) -> int:
+    from tinystories.io.rundir import RunDir
+    from tinystories.pipeline.plan import make_plan, render
+
+    rundir = RunDir(args.run_dir) if args.run_dir is not None and args.run_dir.is_dir() else None
+    print(render(make_plan(resolve_config(args), rundir, train_flops=args.train_flops)))
+    return 0
+
+
 def cmd_llm(args) -> int:
     from tinystories.llm import Request, make_client
 
@@ -232,6 +287,33 @@ def cmd_llm(args) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def cmd_export(args) -> int:
+    from tinystories.io.rundir import RunDir
+    from tinystories.publish.export import publish
+
+    out, url = publish(RunDir(args.run_dir), args.model, args.out, license=args.license, repo_id=args.push_to_hub, private=args.private)
+    print(f"export: {args.model} -> {out}" + (f", uploaded to {url}" if url else ""))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from tinystories.eval.compare import compare_runs
+
+    path = compare_runs(args.runs, args.out)
+    print(f"compare: {len(args.runs)} runs -> {path}")
+    return 0
+
+
+def cmd_tryout(args) -> int:
+    if args.command == "sample":
+        from tinystories.tryout.terminal import run_sample
+
+        return run_sample(args)
+    from tinystories.tryout.serve import run_server
+
+    return run_server(args.run_dir, resolve_config(args), host=args.host, port=args.port, device=args.device)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
@@ -273,6 +355,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "llm":
             return cmd_llm(args)
+        if args.command == "plan":
+            return cmd_plan(args)
+        if args.command in ("sample", "serve"):
+            return cmd_tryout(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_stage(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,25 +12,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Bar:
-    """Advance with counters shown beside the bar, e.g. `bar.advance(1, failed=2, tok_s=11.3)`."""
+    """Advance with counters shown beside the bar, e.g. `bar.advance(1, failed=2, tok_s=11.3)`.
+    `fields` holds the counters of the last update, with bars on or off (tests read it)."""
 
     def __init__(self, progress: Progress | None = None, task_id=None, unit: str = "it"):
         self._progress = progress
         self._task = task_id
         self._unit = unit
+        self.fields: dict[str, object] = {}
 
     def _fields(self, fields: dict) -> dict:
+        self.fields = dict(fields)
         info = "  ".join(f"{k} {v}" for k, v in fields.items())
         speed = self._progress.tasks[0].speed if self._progress and self._progress.tasks else None
         return {"info": info, "rate": f"{speed:.1f} {self._unit}/s" if speed else ""}
 
     def advance(self, n: float = 1, **fields: object) -> None:
+        shown = self._fields(fields)
         if self._progress is not None:
-            self._progress.update(self._task, advance=n, **self._fields(fields))
+            self._progress.update(self._task, advance=n, **shown)
 
     def set(self, completed: float, **fields: object) -> None:
+        shown = self._fields(fields)
         if self._progress is not None:
-            self._progress.update(self._task, completed=completed, **self._fields(fields))
+            self._progress.update(self._task, completed=completed, **shown)
 
 
 def bars_enabled() -> bool:

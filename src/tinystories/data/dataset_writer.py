@@ -3,9 +3,13 @@
 `DatasetBuilder` checks, dedups and appends stories as they arrive: kept ones to
 data/stories.jsonl, the rest with their reason to data/rejected.jsonl. On resume it rebuilds
 the dedup index from the kept stories; at the end it writes the story file
-(data/tinystories_dataset.txt, text/storyfile.py) and data/stats.json atomically.
-Files are created on the first record written to them (or at the end), so a run that fails
-before its first story leaves no empty files behind.
+(data/tinystories_dataset.txt, text/storyfile.py), data/stats.json and the dataset card
+data/README.md (publish/dataset_card.py) atomically.
+Files are created on the first record written to them (stories.jsonl, a declared output, at
+the end too), so a run that fails before its first story leaves no empty files behind, and
+rejected.jsonl exists only when a story was rejected (it is therefore not a declared output).
+Each file has one schema, every row the same keys (STORY_FIELDS, REJECTED_FIELDS; a value a
+story lacks is null), so `datasets` and pandas read them as plain columns.
 
 `resume_dataset` is the staleness rule of the two stages: the files on disk are continued only
 when they were written under the same fingerprint (io/resume.resume_or_reset), and stories of
@@ -25,13 +29,25 @@ from tinystories.data.checks import FilterOptions, StoryFilter, Verdict
 from tinystories.data.dedup import Deduper, TokenBatch
 from tinystories.data.stats import StatsAccumulator
 from tinystories.errors import UserError
-from tinystories.io.layout import REJECTED, STORIES, STORY_FILE, STORY_STATS
+from tinystories.io.layout import DATASET_CARD, REJECTED, STORIES, STORY_FILE, STORY_STATS
 from tinystories.io.resume import resume_or_reset
-from tinystories.io.rundir import JsonlWriter, read_jsonl, write_json
+from tinystories.io.rundir import JsonlWriter, read_jsonl, schema_row, write_json
+from tinystories.publish.dataset_card import IMPORTED, write_dataset_card
 from tinystories.text.storyfile import write_story_file
 from tinystories.text.words import vocabulary_forms
 
-DATASET_FILES = (STORIES, REJECTED, STORY_FILE, STORY_STATS)
+# The dataset stages' declared outputs; rejected.jsonl is written only when there is a rejection.
+DATASET_FILES = (STORIES, STORY_FILE, STORY_STATS)
+# The keys of every data/stories.jsonl row: id and story, then the provenance a stage knows
+# (generate: the request and the reply's counts; import: where in the source the story was),
+# then whether the story uses its prompt words.
+PROVENANCE_FIELDS = (
+    "words", "features", "prompt", "model", "backend", "seed", "prompt_tokens", "completion_tokens", "finish_reason", "attempts",
+    "summary", "source", "source_file", "source_line", "source_index",
+)  # fmt: skip
+STORY_FIELDS = ("id", "story", *PROVENANCE_FIELDS, "words_used", "words_complete")
+# The keys of every data/rejected.jsonl row (duplicate_of: the kept story a near duplicate repeats).
+REJECTED_FIELDS = ("id", "reason", "detail", "duplicate_of", "words", "features", "seed", "text")
 
 
 def resume_dataset(rundir, state_rel: str, fingerprint: str, force: bool, id_prefix: str, foreign: str, why: str) -> bool:
@@ -45,7 +61,7 @@ def resume_dataset(rundir, state_rel: str, fingerprint: str, force: bool, id_pre
         first = next((rec["id"] for rec in read_jsonl(stories)), None)
         if first is not None and not str(first).startswith(id_prefix):
             raise UserError(f"{stories} {foreign}")
-    return resume_or_reset(rundir.path(state_rel), fingerprint, force, [rundir.path(rel) for rel in DATASET_FILES], why=why)
+    return resume_or_reset(rundir.path(state_rel), fingerprint, force, [rundir.path(rel) for rel in (*DATASET_FILES, REJECTED)], why=why)
 
 
 class DatasetBuilder:
@@ -99,8 +115,9 @@ class DatasetBuilder:
             w.close()
 
     def reject(self, story_id: str, reason: str, text: str | None, detail: str = "", **extra) -> None:
-        rec = {"id": story_id, "reason": reason, "detail": detail, **extra, "text": text or ""}
-        self._writer(REJECTED).write(rec)
+        """A data/rejected.jsonl row; `extra` holds other REJECTED_FIELDS (words, seed, ...)."""
+        values = {"id": story_id, "reason": reason, "detail": detail, **extra, "text": text or ""}
+        self._writer(REJECTED).write(schema_row(values, REJECTED_FIELDS, "REJECTED_FIELDS"))
         self.done.add(story_id)
         self.rejected[reason] += 1
 
@@ -111,44 +128,51 @@ class DatasetBuilder:
         verdicts, tb, ok = self.filter.check_batch(candidates, format_checks=format_checks)
         for cand, v in zip(candidates, verdicts):
             if v.reason:
-                self.reject(cand["id"], v.reason, cand["text"], v.detail)
+                self.reject(cand["id"], v.reason, cand["text"], v.detail, **_request_fields(cand))
         passed = [(candidates[i], verdicts[i]) for i in ok]
         flat, lengths = tb.select(ok)
         dups = self.dedup.process_hashes([c["id"] for c, _ in passed], flat, lengths)
         for (cand, v), dup in zip(passed, dups):
             if dup is not None:
                 reason, of, sim = dup
-                self.reject(cand["id"], reason, v.text, f"similarity {sim}", duplicate_of=of)
+                self.reject(cand["id"], reason, v.text, f"similarity {sim}", duplicate_of=of, **_request_fields(cand))
                 continue
             self._keep(cand, v)
 
     def _keep(self, cand: dict, verdict: Verdict) -> None:
-        rec = {"id": cand["id"], "story": verdict.text}
-        rec.update({k: val for k, val in cand.items() if k not in ("id", "text")})
+        values = {k: val for k, val in cand.items() if k != "text"}
+        values["story"] = verdict.text
         if verdict.words_used is not None:
-            rec["words_used"] = verdict.words_used
-            rec["words_complete"] = all(verdict.words_used.values())
-        self._writer(STORIES).write(rec)
+            values["words_used"] = verdict.words_used
+            values["words_complete"] = all(verdict.words_used.values())
+        self._writer(STORIES).write(schema_row(values, STORY_FIELDS, "STORY_FIELDS"))
         self.done.add(cand["id"])
         self.kept += 1
 
     def finish(self, vocab: dict | None, attempted: int | None = None) -> dict:
         """Write the story file and stats from the files on disk (atomic), return the stats."""
-        for rel in (STORIES, REJECTED):
-            self._writer(rel)  # both are outputs, even when no story ended up in one of them
+        self._writer(STORIES)  # an output even when no story was kept
         self.close()
         acc = StatsAccumulator(vocabulary_forms(vocab) if vocab else None, self.opts.stats_sample, self.seed)
+        origins: Counter = Counter()  # the model that wrote each kept story, for the dataset card
 
         def kept_stories() -> Iterator[str]:
             for rec in read_jsonl(self.stories_path):
                 acc.add(rec)
+                origins[rec.get("model") or IMPORTED] += 1
                 yield rec["story"]
 
         write_story_file(self.rundir.path(STORY_FILE), kept_stories())
-        rejected = Counter(rec["reason"] for rec in read_jsonl(self.rejected_path))
+        rejected = Counter(rec["reason"] for rec in read_jsonl(self.rejected_path)) if self.rejected_path.exists() else Counter()
         stats = acc.result(rejected, attempted)
         write_json(self.rundir.path(STORY_STATS), stats)
+        write_dataset_card(self.rundir.path(DATASET_CARD), stats, origins)
         return stats
+
+
+def _request_fields(cand: dict) -> dict:
+    """What a rejected row keeps of a candidate's request: its prompt words, features and seed."""
+    return {k: cand.get(k) for k in ("words", "features", "seed")}
 
 
 def batched(items: Iterable, n: int) -> Iterator[list]:

@@ -5,7 +5,8 @@
 Each story i draws one noun, one verb and one adjective from data/vocabulary.json and a
 random subset of narrative features, from a generator seeded with (stage seed, i): the same
 seed gives the same prompts in the same order, and story i is the same whether or not the
-run was interrupted. The prompt is the paper's (resources/prompts/story.txt, versioned, rendered by text/prompts.py).
+run was interrupted. The prompt is the paper's (resources/prompts/story.txt, versioned, rendered by text/prompts.py),
+or your own file in the same format (`generate.prompt_path`, see README "Custom prompts").
 
 `num_stories` counts KEPT stories: ids 0, 1, 2, ... are requested in order and the stage
 keeps requesting the next ids until num_stories stories passed the filters and dedup, or
@@ -41,7 +42,7 @@ from tinystories.errors import UserError
 from tinystories.io.layout import GENERATE_BATCH, GENERATE_STATE, LLM_CACHE_DIR, VOCABULARY
 from tinystories.io.rundir import RunDir, sha256_path
 from tinystories.pipeline.ids import derive_seed, fingerprint
-from tinystories.text.prompts import story_prompt, story_template
+from tinystories.text.prompts import absolute_prompt_path, prompt_file_inputs, story_prompt, story_template
 from tinystories.text.vocabulary import CATEGORIES, load_vocabulary
 
 NAME = "generate"
@@ -58,7 +59,8 @@ log = logging.getLogger("tinystories.data.generate")
 class Config(FilterOptions):
     num_stories: int = 100  # stories to keep; ids are requested in order until this many pass the filters (or max_requests)
     max_requests: int = 0  # cap on stories attempted (kept + rejected); 0 = 2 x num_stories
-    features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))  # features to draw from (names in resources/prompts/story.txt)
+    prompt_path: str = ""  # your story prompt, a text file in resources/prompts/story.txt's format (features, features_sentence, template:), relative to the current directory; empty = the paper's prompt
+    features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))  # features to draw from (names defined in the story prompt file)
     feature_prob: float = 0.3  # probability that each feature is asked for in a story's prompt
     feature_probs: dict[str, float] = field(default_factory=dict)  # per-feature probability, overriding feature_prob
     max_tokens: int = 600  # completion limit; a story cut off here is rejected as truncated
@@ -68,12 +70,19 @@ class Config(FilterOptions):
     batch_api: bool = False  # openai backend: send first attempts through the OpenAI Batch API (half price, hours), then retries live
     batch_poll_s: float = 60.0  # seconds between Batch API status polls
 
+    def __post_init__(self) -> None:
+        self.prompt_path = absolute_prompt_path(self.prompt_path)
+
     def check(self) -> list[str]:
         problems = self.filter_problems()
-        known = story_template()["features"]
+        try:
+            known = story_template(self.prompt_path)["features"]
+        except UserError as exc:
+            return [*problems, f"prompt_path: {exc}"]
         for f in self.features:
             if f not in known:
-                problems.append(f"features: unknown feature {f!r}; known: {', '.join(known)}")
+                defined = f"known: {', '.join(known)}" if known else f"{self.prompt_path} defines none: add `feature {f}: ...` lines or set generate.features: []"
+                problems.append(f"features: unknown feature {f!r}; {defined}")
         for f, p in self.feature_probs.items():
             if f not in self.features:
                 problems.append(f"feature_probs.{f}: not in features")
@@ -108,11 +117,12 @@ def story_params(base_seed: int, i: int, vocab: dict, gcfg: Config) -> dict:
     return {"words": words, "features": features, "seed": int(rng.integers(0, 2**31 - 1))}
 
 
-def make_request(i: int, params: dict, gcfg: Config, mode: str):
+def make_request(i: int, params: dict, gcfg: Config, mode: str, template: dict):
+    """Story i's LLM request in `template` (a `story_template`) and its prompt text."""
     from tinystories.llm import Request
 
-    prompt = story_prompt(params["words"], params["features"])
-    common = dict(key=story_id(i), max_tokens=gcfg.max_tokens, temperature=gcfg.temperature, top_p=gcfg.top_p, seed=params["seed"], template_version=story_template()["version"])
+    prompt = story_prompt(params["words"], params["features"], template)
+    common = dict(key=story_id(i), max_tokens=gcfg.max_tokens, temperature=gcfg.temperature, top_p=gcfg.top_p, seed=params["seed"], template_version=template["version"])
     if mode == "chat":
         return Request(messages=({"role": "user", "content": prompt},), **common), prompt
     return Request(prompt=prompt, **common), prompt
@@ -126,32 +136,33 @@ def _load_vocab(rundir: RunDir) -> dict:
     return vocab
 
 
-def _fingerprint(cfg, rundir: RunDir) -> str:
+def _fingerprint(cfg, rundir: RunDir, template: dict) -> str:
     """Everything that changes what a story id holds; a change means the files on disk are stale."""
     g = dataclasses.asdict(cfg.generate)
-    # How many, and how the first attempts travel (live or Batch API), do not change what a story id holds.
-    for k in ("num_stories", "max_requests", "stats_sample", "batch_api", "batch_poll_s"):
+    # How many, and how the first attempts travel (live or Batch API), do not change what a story id holds;
+    # nor does where the prompt file lies: its text is in the template version.
+    for k in ("num_stories", "max_requests", "stats_sample", "batch_api", "batch_poll_s", "prompt_path"):
         g.pop(k)
     payload = {
         "generate": g,
         # only what changes an answer: concurrency, rate limits or prices do not
         "llm": {k: v for k, v in dataclasses.asdict(cfg.llm_for(SECTION)).items() if k in ("backend", "model", "mode", "max_attempts", "n_ctx", "base_urls")},
         "seed": cfg.seed,
-        "template": story_template()["version"],
+        "template": template["version"],
         "vocabulary": sha256_path(rundir.path(VOCABULARY)),
     }
     return fingerprint(payload)
 
 
 def inputs(cfg) -> list[str]:
-    return [VOCABULARY] if cfg.generate.num_stories > 0 else []
+    return [VOCABULARY, *prompt_file_inputs(cfg.generate.prompt_path)] if cfg.generate.num_stories > 0 else []
 
 
 def outputs(cfg) -> list[str]:
     return list(DATASET_FILES) if cfg.generate.num_stories > 0 else []
 
 
-def _answer_through_batch(gcfg, llm_cfg, rundir: RunDir, builder, base_seed: int, vocab: dict, cap: int) -> None:
+def _answer_through_batch(gcfg, llm_cfg, rundir: RunDir, builder, base_seed: int, vocab: dict, cap: int, template: dict) -> None:
     """First attempts of the stories still missing go through the Batch API into the answer cache;
     the live loop below then takes them as cache hits and only retries go live. The batch id is
     kept in a state file, so a killed run resumes the same batch instead of paying twice."""
@@ -162,7 +173,7 @@ def _answer_through_batch(gcfg, llm_cfg, rundir: RunDir, builder, base_seed: int
     i = 0
     while len(pending) < need and i < cap:
         if story_id(i) not in builder.done:
-            pending.append(make_request(i, story_params(base_seed, i, vocab, gcfg), gcfg, llm_cfg.mode)[0])
+            pending.append(make_request(i, story_params(base_seed, i, vocab, gcfg), gcfg, llm_cfg.mode, template)[0])
         i += 1
     if pending:
         summary = run_batch(llm_cfg, pending, rundir.path(LLM_CACHE_DIR), rundir.path(GENERATE_BATCH), poll_s=gcfg.batch_poll_s)
@@ -194,8 +205,9 @@ class _Requests:
     builder, except a transport failure, which is not recorded so that a rerun asks again.
     """
 
-    def __init__(self, gcfg: Config, mode: str, builder: DatasetBuilder, vocab: dict, base_seed: int):
+    def __init__(self, gcfg: Config, mode: str, builder: DatasetBuilder, vocab: dict, base_seed: int, template: dict):
         self.gcfg, self.mode, self.builder, self.vocab, self.base_seed = gcfg, mode, builder, vocab, base_seed
+        self.template = template  # read once: an edit to the file mid-run cannot mix two prompts in one dataset
         self.cap = gcfg.max_requests or 2 * gcfg.num_stories
         self.in_flight: dict[str, tuple[dict, str]] = {}  # id -> (params, prompt) of requests not answered yet
         self.transport: list[str] = []
@@ -211,7 +223,7 @@ class _Requests:
             sid = story_id(i)
             if sid not in self.builder.done and sid not in self.in_flight:
                 params = story_params(self.base_seed, i, self.vocab, self.gcfg)
-                request, prompt = make_request(i, params, self.gcfg, self.mode)
+                request, prompt = make_request(i, params, self.gcfg, self.mode, self.template)
                 self.in_flight[sid] = (params, prompt)
                 n += 1
                 self.sent += 1
@@ -266,7 +278,7 @@ def _open_builder(rundir: RunDir, gcfg: Config, base_seed: int) -> DatasetBuilde
     return builder
 
 
-def _metrics(stats: dict, gcfg: Config, client) -> dict:
+def _metrics(stats: dict, gcfg: Config, client, template: dict) -> dict:
     s = client.stats
     return {
         "kept": stats["kept"],
@@ -282,7 +294,7 @@ def _metrics(stats: dict, gcfg: Config, client) -> dict:
         "completion_tokens": s.completion_tokens,
         "tokens_per_s": round(s.generated_tokens_live / s.backend_seconds, 2) if s.backend_seconds else None,
         "model": client.model_name,
-        "template_version": story_template()["version"],
+        "template_version": template["version"],
     }
 
 
@@ -294,17 +306,18 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
         log.info("generate: num_stories is 0, nothing to generate")
         return {"kept": 0, "skipped": "num_stories is 0"}
     vocab = _load_vocab(rundir)
+    template = story_template(gcfg.prompt_path)
     resume_dataset(
-        rundir, GENERATE_STATE, _fingerprint(cfg, rundir), force, ID_PREFIX,
+        rundir, GENERATE_STATE, _fingerprint(cfg, rundir, template), force, ID_PREFIX,
         foreign="holds imported stories; generate in a fresh --run-dir or delete the data/ files first",
         why="generate: config, model, template or vocabulary changed",
     )
     base_seed = derive_seed(cfg.seed, NAME)
     llm_cfg = cfg.llm_for(SECTION)
     builder = _open_builder(rundir, gcfg, base_seed)
-    pending = _Requests(gcfg, llm_cfg.mode, builder, vocab, base_seed)
+    pending = _Requests(gcfg, llm_cfg.mode, builder, vocab, base_seed, template)
     if gcfg.batch_api:
-        _answer_through_batch(gcfg, llm_cfg, rundir, builder, base_seed, vocab, pending.cap)
+        _answer_through_batch(gcfg, llm_cfg, rundir, builder, base_seed, vocab, pending.cap, template)
     client = make_client(llm_cfg, rundir.path(LLM_CACHE_DIR))
     try:
         pending.ask_until_done(client)
@@ -315,4 +328,4 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
         log.warning("generate: kept %d of %d stories after %d attempts (max_requests)", builder.kept, gcfg.num_stories, len(builder.done))
     stats = builder.finish(vocab, attempted=len(builder.done))
     print(stats_table(stats))
-    return _metrics(stats, gcfg, client)
+    return _metrics(stats, gcfg, client, template)

@@ -7,7 +7,8 @@ For every story the stage collects four kinds of instruction parts, as in the Ti
 data of the paper: the prompt words the story really contains (its `words_used`; a story with
 none of them gets no Words part), the story's features, one real sentence drawn from
 the story (seeded) and a one-to-two-sentence summary written by the LLM layer (prompt template
-resources/prompts/summary.txt, versioned, rendered by text/prompts.py). Each story yields `sets_per_story` instruction sets, each a
+resources/prompts/summary.txt, versioned, rendered by text/prompts.py; your own file with
+`instruct_data.summary_prompt_path`). Each story yields `sets_per_story` instruction sets, each a
 random subset of the kinds in random order, rendered one part per line:
 
     Words: jump, ball, happy
@@ -18,6 +19,7 @@ random subset of the kinds in random order, rendered one part per line:
 Outputs:
   data/instruction_dataset.jsonl  {"instruction", "story", "id", "set", "parts": [kinds in order]}
   data/instruct_failed.jsonl      stories whose summary the LLM never got right, with the reason
+                                  (written only when there is one, so not a declared output)
   data/instruct_stats.json        counts of part combinations, kinds, parts per set, LLM usage
 
 Summaries are only requested for stories whose sets contain a Summary part and that carry no
@@ -51,8 +53,9 @@ from tinystories.io.layout import INSTRUCT_FAILED, INSTRUCT_PROGRESS, INSTRUCT_S
 from tinystories.io.resume import resume_or_reset
 from tinystories.io.rundir import JsonlWriter, read_jsonl, read_jsonl_numbered, sha256_path, write_json
 from tinystories.llm.base import Reject
+from tinystories.llm.config import SPEND_CAPS
 from tinystories.pipeline.ids import derive_seed, fingerprint
-from tinystories.text.prompts import summary_prompt, summary_template
+from tinystories.text.prompts import absolute_prompt_path, prompt_file_inputs, summary_prompt, summary_template
 
 NAME = "instruct-data"
 SECTION = "instruct_data"
@@ -75,8 +78,12 @@ class Config:
     summary_max_sentences: int = 3  # so is one with more sentences (the paper's summaries have one or two)
     summary_max_tokens: int = 120  # generation budget for one summary
     summary_temperature: float = 0.7  # sampling temperature for summaries
+    summary_prompt_path: str = ""  # your summary prompt, a text file with {story} where the story goes (format of resources/prompts/summary.txt), relative to the current directory; empty = the shipped prompt
     story_summaries: bool = True  # use a story's own "summary" field (e.g. imported TinyStories shards) when it passes the checks, instead of asking the LLM
     llm: dict[str, Any] = field(default_factory=dict)  # overrides of the root llm section for summaries only, e.g. {model: ...}
+
+    def __post_init__(self) -> None:
+        self.summary_prompt_path = absolute_prompt_path(self.summary_prompt_path)
 
     def check(self) -> list[str]:
         problems = []
@@ -100,6 +107,10 @@ class Config:
             problems.append("sentence_min_words/sentence_max_words: need 1 <= min <= max")
         if min(self.summary_max_words, self.summary_max_sentences, self.summary_max_tokens) < 1:
             problems.append("summary_max_words, summary_max_sentences and summary_max_tokens: must be at least 1")
+        try:
+            summary_template(self.summary_prompt_path)
+        except UserError as exc:
+            problems.append(f"summary_prompt_path: {exc}")
         return problems
 
 
@@ -107,11 +118,13 @@ def inputs(cfg) -> list[str]:
     if cfg.instruct_data.source_path:
         # An absolute path: RunDir.path() leaves it as is, so the executor hashes the user's file.
         return [str(Path(cfg.instruct_data.source_path).expanduser().resolve())]
-    return [STORIES]
+    return [STORIES, *prompt_file_inputs(cfg.instruct_data.summary_prompt_path)]
 
 
 def outputs(cfg) -> list[str]:
-    return [INSTRUCTIONS, INSTRUCT_FAILED, INSTRUCT_STATS]
+    # INSTRUCT_FAILED is no output: it is written only when a summary failed (never empty),
+    # and instruct_stats.json counts the failures either way.
+    return [INSTRUCTIONS, INSTRUCT_STATS]
 
 
 # -- reading data/stories.jsonl ---------------------------------------------------------------
@@ -147,12 +160,13 @@ def run(cfg, rundir, force: bool = False) -> dict:
 
 def _fingerprint(cfg, stories: Path) -> str:
     """Everything that changes what the partial files hold: a change means they are stale."""
+    # where the prompt file lies does not matter, its text does (in the template version)
     return fingerprint({
-        "instruct_data": asdict(cfg.instruct_data),
-        "llm": asdict(cfg.llm_for(SECTION)),
+        "instruct_data": {k: v for k, v in asdict(cfg.instruct_data).items() if k != "summary_prompt_path"},
+        "llm": {k: v for k, v in asdict(cfg.llm_for(SECTION)).items() if k not in SPEND_CAPS},
         "seed": cfg.seed,
         "stories": sha256_path(stories),
-        "template": summary_template()[1],
+        "template": summary_template(cfg.instruct_data.summary_prompt_path)[1],
     })
 
 
@@ -181,9 +195,14 @@ class _Partials:
         return len(self.done)
 
     def publish(self, rundir, stats: dict) -> None:
-        """Stats first, then rename the partials into place, then drop the resume marker."""
+        """Stats first, then rename the partials into place, then drop the resume marker. A
+        run without failures leaves no failed list (an older one would describe another run)."""
         write_json(rundir.path(INSTRUCT_STATS), stats)
-        os.replace(self.failed, rundir.path(INSTRUCT_FAILED))
+        if self.n_failed:
+            os.replace(self.failed, rundir.path(INSTRUCT_FAILED))
+        else:
+            self.failed.unlink(missing_ok=True)
+            rundir.path(INSTRUCT_FAILED).unlink(missing_ok=True)
         os.replace(self.out, rundir.path(INSTRUCTIONS))
         self.progress.unlink(missing_ok=True)
 
@@ -263,16 +282,18 @@ class _InOrderWriter:
     not depend on concurrency; answered-but-unwritten summaries survive a kill in the cache.
     """
 
-    def __init__(self, ic: Config, seed: int, mode: str, stories: Path, partials: _Partials):
+    def __init__(self, ic: Config, seed: int, mode: str, stories: Path, partials: _Partials, template: tuple[str, str]):
         self.ic, self.seed, self.mode, self.stories, self.partials = ic, seed, mode, stories, partials
+        self.template = template  # (text, version), read once so that every summary uses the same prompt
         self.pending: dict[str, dict] = {}
         self.counters = {"stories": 0, "no_parts": 0, "no_sentence": 0, "words_left_out": 0, "summaries_requested": 0, "story_summaries": 0}
         self.out = JsonlWriter(partials.out)
-        self.failed = JsonlWriter(partials.failed)
+        self.failed: JsonlWriter | None = None  # opened with the first failure: no empty file
 
     def close(self) -> None:
         self.out.close()
-        self.failed.close()
+        if self.failed is not None:
+            self.failed.close()
 
     def count_summaries_needed(self) -> int:
         """A planning pass: plans are seeded per story, so counting them gives the progress bar
@@ -288,7 +309,7 @@ class _InOrderWriter:
         from tinystories.llm import Request
 
         ic = self.ic
-        _, template_version = summary_template()
+        template_text, template_version = self.template
         for rec in iter_stories(self.stories, ic.max_stories):
             self.counters["stories"] += 1
             key = str(rec["id"])
@@ -305,7 +326,7 @@ class _InOrderWriter:
                 entry["ready"] = True
                 self.flush()
                 continue
-            prompt = summary_prompt(rec["story"])
+            prompt = summary_prompt(rec["story"], template_text)
             self.counters["summaries_requested"] += 1
             common = dict(key=key, max_tokens=ic.summary_max_tokens, temperature=ic.summary_temperature, seed=story_seed(self.seed + 1, rec["id"]), template_version=template_version)
             if self.mode == "chat":
@@ -337,6 +358,8 @@ class _InOrderWriter:
             del self.pending[key]
             rec = entry["rec"]
             if entry["error"] is not None:
+                if self.failed is None:
+                    self.failed = JsonlWriter(self.partials.failed)
                 self.failed.write({"id": rec["id"], "reason": entry["error"], "attempts": entry.get("attempts", 0), "last_reply": (entry.get("text") or "")[:500]})
                 self.partials.n_failed += 1
                 continue
@@ -397,7 +420,7 @@ def _build_stats(writer: _InOrderWriter, resumed: int, usage: dict) -> dict:
         "summaries_requested": counters["summaries_requested"],
         "summaries_from_stories": counters["story_summaries"],
         "summary_words_mean": round(tally.summary_words / tally.summaries, 2) if tally.summaries else None,
-        "template_version": summary_template()[1],
+        "template_version": writer.template[1],
         "llm": usage,
         **tally.as_dict(),
     }
@@ -408,12 +431,13 @@ def _build_from_stories(cfg, rundir, force: bool) -> dict:
     stories = rundir.path(STORIES)
     if not stories.exists():
         raise UserError(f"instruct-data: missing {stories}; run `tinystories generate --run-dir {rundir.root}` first (or set instruct_data.source_path)")
+    template = summary_template(ic.summary_prompt_path)
     partials = _Partials(rundir)
     resumed = partials.resume(_fingerprint(cfg, stories), force, ic.sets_per_story)
     if resumed:
         log.info("resuming: %d stories already written", resumed)
     llm_cfg = cfg.llm_for(SECTION)
-    writer = _InOrderWriter(ic, derive_seed(cfg.seed, NAME), llm_cfg.mode, stories, partials)
+    writer = _InOrderWriter(ic, derive_seed(cfg.seed, NAME), llm_cfg.mode, stories, partials, template)
     try:
         usage = writer.write_all(llm_cfg, rundir.path(LLM_CACHE_DIR))
     finally:

@@ -15,7 +15,7 @@ from typing import Iterator
 from tinystories.data.instruct_parts import LABELS, Tally, render
 from tinystories.errors import UserError
 from tinystories.io.layout import EOS, INSTRUCT_FAILED, INSTRUCT_STATS, INSTRUCTIONS
-from tinystories.io.rundir import atomic_path, write_json, write_text
+from tinystories.io.rundir import atomic_path, write_json
 from tinystories.progress import progress_bar
 
 # Header keys of the published TinyStoriesInstruct files -> our kinds.
@@ -124,7 +124,7 @@ def convert_published(cfg, rundir) -> dict:
     if tally.sets == 0:
         rundir.path(INSTRUCTIONS).unlink(missing_ok=True)
         raise UserError(f"instruct_data.source_path: {source} holds no story blocks; expected blocks ending in {EOS}")
-    write_text(rundir.path(INSTRUCT_FAILED), "")
+    rundir.path(INSTRUCT_FAILED).unlink(missing_ok=True)  # a conversion has no failed summaries; an older list is stale
     stats = {"source": "tinystories_instruct", "source_path": str(source.resolve()), "blocks": tally.sets, **tally.as_dict()}
     write_json(rundir.path(INSTRUCT_STATS), stats)
     return stats

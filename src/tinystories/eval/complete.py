@@ -27,7 +27,7 @@ one seed per (model, prompt, sample), batched with a KV cache (tinystories.eval.
 
 A correct run writes eval/completions.jsonl (one record per completion: model, kind, task
 ("continue" for a beginning, "instruct" for an instruction), prompt_id, sample_id, prompt (the
-beginning, or the instruction without the SFT wrapper), words (instructions that request words), text, prompt_tokens, completion_tokens, stopped_at_eos, seed,
+beginning, or the instruction without the SFT wrapper), words (what an instruction requests; null for a beginning), text, prompt_tokens, completion_tokens, stopped_at_eos, seed,
 fingerprint) and eval/models.json (per model: kind, path, parameter counts, what it was
 sampled with). The file is appended as batches finish; a rerun skips (model, prompt_id,
 sample_id) already written with the same fingerprint (model weights, sampling settings, prompt
@@ -289,6 +289,7 @@ class CompletionRecorder:
                 "prompt_id": item["prompt_id"],
                 "sample_id": k,
                 "prompt": item["prompt"],
+                "words": item.get("words") or None,  # the words an instruction requests; null for a beginning (one schema per file)
                 "text": text,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": new_tokens,
@@ -297,8 +298,6 @@ class CompletionRecorder:
                 "seed": seed,
                 "fingerprint": self.fingerprints[_prompt_key(spec.name, item["prompt_id"])],
             }
-            if item.get("words"):
-                rec["words"] = item["words"]
             self.writer.write(rec)
             self.totals["written"] += 1
             self.totals["tokens"] += new_tokens

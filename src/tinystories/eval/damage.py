@@ -7,6 +7,9 @@ each keeping something and breaking something else:
 - truncated: only the first few words (nothing wrong, but nothing said);
 - swapped: a fluent completion of another prompt (grammar intact, consistency broken).
 A damage that cannot apply to a text (one sentence cannot be reordered) gives None.
+
+The originals that get damaged are text known to be good (eval/originals.py): held-out stories
+cut by `cut_at_sentence` into a beginning and its true continuation.
 """
 
 from __future__ import annotations
@@ -21,6 +24,19 @@ _SENT = re.compile(r"[^.!?]+[.!?]+[\"')\]]*|[^.!?]+$")
 
 def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENT.findall(text) if s.strip()]
+
+
+def cut_at_sentence(story: str) -> tuple[str, str] | None:
+    """(beginning, true continuation) of a story, cut at the sentence boundary nearest its middle
+    (in characters); None for a story of fewer than two sentences. The continuation starts with a
+    space, as a model's completion of the beginning does."""
+    ends = [m.end() for m in _SENT.finditer(story)]
+    bounds = [e for e in ends[:-1] if story[:e].strip() and story[e:].strip()]
+    if not bounds:
+        return None
+    middle = len(story) / 2
+    cut = min(bounds, key=lambda e: (abs(e - middle), e))
+    return story[:cut].strip(), " " + story[cut:].strip()
 
 
 def shuffle_sentences(text: str, rng: random.Random) -> str | None:

@@ -73,6 +73,7 @@ class ForcedJudgment:
     distributions: dict = field(default_factory=dict)
     first: dict | None = None  # the current slot's position, while the position after "1" is asked
     error: str | None = None
+    age_error: str | None = None  # why the age group is None (the grades stand)
 
     @property
     def key(self) -> str:
@@ -133,6 +134,9 @@ class ForcedJudgment:
         self.filled.append((slot, str(likeliest)))
 
     def _fill_age(self, position: dict[str, float]) -> None:
+        """The age group, or None with `age_error`: unlike a grade, an age group the judge does not
+        mean to write as a letter (the embedded 1.5B writes an age in years there, with 98% of its
+        probability on digits) leaves the four grades standing: it is no category of the report."""
         from tinystories.llm import Reject
 
         dist = age_distribution(position)
@@ -140,7 +144,8 @@ class ForcedJudgment:
         try:
             letter = likeliest_age_group(dist, self.settings.min_mass)
         except Reject as exc:
-            self.error = str(exc)
+            self.grades["age_group"], self.age_error = None, str(exc)
+            self.filled.append(("age_group", ""))
             return
         self.grades["age_group"] = letter
         self.filled.append(("age_group", letter))
@@ -148,7 +153,8 @@ class ForcedJudgment:
     def value(self) -> dict:
         """What judge.judgment_record stores: the parsed-reply fields (those read so far, when it
         failed), plus the distributions."""
-        return {**self.grades, "assessment": self.assessment or "", "distributions": self.distributions}
+        out = {**self.grades, "assessment": self.assessment or "", "distributions": self.distributions}
+        return {**out, "age_group_error": self.age_error} if self.age_error else out
 
     def reply_so_far(self) -> str | None:
         """The forced reply up to the line that failed, kept with a failure for inspection."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tinystories.eval.damage import DAMAGES
@@ -169,14 +170,35 @@ def likeliest_age_group(dist: dict[str, float], min_mass: float) -> str:
 
 # -- many judgments ----------------------------------------------------------------------------
 
+# The damages that must lower each category's grade (judge.must_catch's default): broken word
+# order and a cut-off text hurt grammar; a shuffled or cut-off plot hurts plot; a story of another
+# beginning hurts consistency with the beginning; salad is not creative.
+MUST_CATCH = {"grammar": ["word_salad", "truncated"], "creativity": ["word_salad"], "consistency": ["swapped"], "plot": ["shuffled_sentences", "truncated"]}
+DAMAGE_NAMES = {"shuffled_sentences": "sentence-shuffled version", "word_salad": "word salad", "truncated": "truncated version", "swapped": "replacement by another beginning's story"}
+
+
+@dataclass
+class TrustRules:
+    """When a category's grades are trusted (the judge options of the same names)."""
+
+    min_discrimination: float = 0.75
+    max_inconsistency: float = 1.0
+    min_pairs: int = 4
+    must_catch: dict = field(default_factory=lambda: {k: list(v) for k, v in MUST_CATCH.items()})
+
+    def as_dict(self) -> dict:
+        return {"min_discrimination": self.min_discrimination, "max_inconsistency": self.max_inconsistency, "min_pairs": self.min_pairs, "must_catch": self.must_catch}
+
 
 def consistency_table(pairs: list[tuple[dict, dict]]) -> dict:
-    """Mean absolute grade difference per category between two judgments of the same completion."""
-    out: dict[str, Any] = {"n_pairs": len(pairs), "mean_abs_diff": {}}
+    """Per category, between two judgments of the same completion: the mean absolute grade
+    difference, and the share of pairs within one point of each other."""
+    out: dict[str, Any] = {"n_pairs": len(pairs), "mean_abs_diff": {}, "share_within_1": {}}
     for cat in CATEGORIES:
         diffs = [abs(a[cat] - b[cat]) for a, b in pairs if cat in a and cat in b]
         if diffs:
             out["mean_abs_diff"][cat] = round(sum(diffs) / len(diffs), 4)
+            out["share_within_1"][cat] = round(sum(d <= 1 for d in diffs) / len(diffs), 4)
     return out
 
 
@@ -198,7 +220,7 @@ def _count(values: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def build_scores(completions: list[dict], records: list[dict], settings: dict, plan_info: dict, min_discrimination: float) -> dict:
+def build_scores(completions: list[dict], records: list[dict], settings: dict, plan_info: dict, rules: TrustRules) -> dict:
     """eval/scores.json minus perplexity, contamination and word compliance: everything from the judgments."""
     main = [r for r in records if r["role"] == "main"]
     n_failed = sum(1 for r in main if not r["ok"])
@@ -207,7 +229,7 @@ def build_scores(completions: list[dict], records: list[dict], settings: dict, p
         "age_groups": AGE_GROUPS,
         "models": model_scores(completions, main),
         "totals": {"requests": len(records), "judged": len(main) - n_failed, "failed": n_failed, "failure_reasons_all_roles": _count(r["error"] for r in records if not r["ok"])},
-        "reliability": reliability(records, plan_info, min_discrimination),
+        "reliability": reliability(records, plan_info, rules, settings.get("scoring", "sampled")),
     }
 
 
@@ -231,7 +253,8 @@ def task_scores(completions: list[dict], main: list[dict], model: str, task: str
         "n_failed": len(rows) - len(ok),
         "failure_reasons": _count(r["error"] for r in rows if not r["ok"]),
         "categories": {cat: mean_ci([r["grades"][cat] for r in ok]) for cat in CATEGORIES},
-        "age_groups": dict(sorted(_count(r["age_group"] for r in ok).items())),
+        "age_groups": dict(sorted(_count(r["age_group"] for r in ok if r["age_group"]).items())),
+        "age_group_failed": sum(1 for r in ok if not r["age_group"]),
     }
 
 
@@ -239,12 +262,15 @@ def _grades_by(records: list[dict], role: str, damage: str | None = None) -> dic
     return {completion_key(r): r["grades"] for r in records if r["role"] == role and r["damage"] == damage and r["ok"]}
 
 
-def reliability(records: list[dict], plan_info: dict, min_discrimination: float) -> dict:
-    """The consistency and discrimination tables, and whether they make the judge unreliable."""
-    originals = _grades_by(records, "main")
+def reliability(records: list[dict], plan_info: dict, rules: TrustRules, scoring: str) -> dict:
+    """Consistency (repeats of the models' completions), discrimination (originals known to be
+    good against their damaged versions), and which categories they let the report trust."""
+    main = _grades_by(records, "main")
     repeats = _grades_by(records, "repeat")
-    cons = consistency_table([(originals[k], repeats[k]) for k in repeats if k in originals])
+    cons = consistency_table([(main[k], repeats[k]) for k in repeats if k in main])
     cons["n_failed"] = sum(1 for r in records if r["role"] == "repeat" and not r["ok"])
+    # A baseline's originals are its main judgments; a held-out story's, its "original" judgment.
+    originals = {**main, **_grades_by(records, "original")}
     disc: dict[str, dict] = {}
     for kind in DAMAGES:
         damaged = _grades_by(records, "damaged", kind)
@@ -252,22 +278,66 @@ def reliability(records: list[dict], plan_info: dict, min_discrimination: float)
         table["n_failed"] = sum(1 for r in records if r["role"] == "damaged" and r["damage"] == kind and not r["ok"])
         table["not_applicable"] = plan_info["damage_not_applicable"][kind]
         disc[kind] = table
-    reasons = unreliable_reasons(disc, min_discrimination)
+    categories = category_trust(disc, cons, rules)
+    trusted = [cat for cat, t in categories.items() if t["trusted"]]
+    reasons = [] if trusted else [f"{cat}: {why}" for cat, t in categories.items() for why in t["reasons"][:1]]
+    held = [r for r in records if r["role"] == "original"]
     return {
+        "scoring": scoring,
         "consistency": cons,
         "discrimination": disc,
-        "min_discrimination": min_discrimination,
-        "unreliable": bool(reasons),
+        # The figures again, keyed by the scoring that made them, so runs under either scoring compare.
+        "by_scoring": {
+            scoring: {
+                "discrimination": {cat: {kind: disc[kind]["share_original_better"].get(cat) for kind in DAMAGES} for cat in CATEGORIES},
+                "mean_abs_diff": cons["mean_abs_diff"],
+                "share_within_1": cons["share_within_1"],
+                "trusted": trusted,
+            }
+        },
+        "categories": categories,
+        "trusted": trusted,
+        "rules": rules.as_dict(),
+        "min_discrimination": rules.min_discrimination,
+        "originals_graded": {cat: mean_ci([r["grades"][cat] for r in held if r["ok"]]) for cat in CATEGORIES},
+        "originals_failed": sum(1 for r in held if not r["ok"]),
+        "unreliable": not trusted,
         "reasons": reasons,
         **plan_info,
     }
 
 
-def unreliable_reasons(disc: dict[str, dict], min_discrimination: float) -> list[str]:
-    """Why the judge cannot be trusted: it must tell a story from its word salad on grammar."""
-    salad = disc["word_salad"]["share_original_better"].get("grammar")
-    if salad is None:
-        return ["no word-salad pair could be judged, so the judge's discrimination is unknown"]
-    if salad < min_discrimination:
-        return [f"the judge rated the original above its word salad for grammar in only {salad:.0%} of pairs (needs {min_discrimination:.0%})"]
-    return []
+def category_trust(disc: dict[str, dict], cons: dict, rules: TrustRules) -> dict[str, dict]:
+    """Per category: trusted when the judge's grade falls on every damage that should hurt it
+    (`rules.must_catch`, on at least `rules.min_pairs` pairs each, in at least
+    `rules.min_discrimination` of them) and two judgments of a completion differ by at most
+    `rules.max_inconsistency` on average. Each failed condition is a reason."""
+    out: dict[str, dict] = {}
+    for cat in CATEGORIES:
+        reasons: list[str] = []
+        caught: dict[str, float | None] = {}
+        for kind in rules.must_catch.get(cat, ()):
+            share = disc[kind]["share_original_better"].get(cat)
+            caught[kind] = share
+            n = disc[kind]["n_pairs"]
+            if share is None or n < rules.min_pairs:
+                reasons.append(f"only {n} original/{DAMAGE_NAMES[kind]} pairs were judged (needs {rules.min_pairs})")
+            elif share < rules.min_discrimination:
+                reasons.append(f"the judge rated the original above its {DAMAGE_NAMES[kind]} in only {share:.0%} of {n} pairs (needs {rules.min_discrimination:.0%})")
+        diff = cons["mean_abs_diff"].get(cat)
+        if diff is None:
+            reasons.append("no completion was judged twice, so its consistency is unknown")
+        elif diff > rules.max_inconsistency:
+            reasons.append(f"two judgments of the same completion differ by {diff:.2f} points on average (at most {rules.max_inconsistency:.2f} allowed)")
+        if not rules.must_catch.get(cat):
+            reasons.append("no damage is named to test it (judge.must_catch)")
+        shares = [v for v in caught.values() if v is not None]
+        out[cat] = {
+            "trusted": not reasons,
+            "discrimination": caught,
+            "weakest_discrimination": min(shares) if len(shares) == len(caught) and shares else None,
+            "mean_abs_diff": diff,
+            "share_within_1": cons["share_within_1"].get(cat),
+            "reasons": reasons,
+        }
+    return out

@@ -26,14 +26,22 @@ layer's retries) is not a judgment: nothing is recorded for it, the stage ends w
 error saying how many failed, and is not marked done; rerun the same command once the server
 is back and exactly those requests are sent.
 
-Reliability, measured on every run (a weak judge is the norm on a laptop):
-- consistency: `judge.consistency_sample` completions judged a second time with another seed;
-  mean absolute difference per category;
-- discrimination: `judge.discrimination_sample` completions damaged four ways (eval/damage.py:
-  sentences shuffled, words shuffled into salad, cut after a few words, replaced by a completion
-  of another prompt) and judged the same way; per damage and category, the share of pairs where
-  the original scores strictly higher. A judge whose salad discrimination on grammar is below
-  `judge.min_discrimination` is flagged unreliable (the report then says so at the top).
+Reliability, measured on every run (a weak judge is the norm on a laptop), under the scoring
+in use, per category:
+- consistency: `judge.consistency_sample` of the models' completions judged a second time with
+  another seed; mean absolute difference and share within one point;
+- discrimination: originals known to be good, damaged four ways (eval/damage.py: sentences
+  shuffled, words shuffled into salad, cut after a few words, replaced by another beginning's
+  continuation) and judged the same way; per damage and category, the share of pairs where the
+  original scores strictly higher. The originals are `judge.discrimination_sample` held-out
+  stories cut at a sentence boundary into a beginning and its true continuation
+  (eval/originals.py; `judge.originals`), plus as many of each baseline model's completions
+  where `complete.baselines` names one. The models' own completions are no originals: a small
+  model's are word salad already, so no judge could tell them from their damaged versions.
+- trust (grading.category_trust): a category is trusted when its grade falls on the damages that
+  should hurt it (`judge.must_catch`) in at least `judge.min_discrimination` of at least
+  `judge.min_pairs` pairs each, and repeats differ by at most `judge.max_inconsistency`. A judge
+  with no trusted category is flagged unreliable (the report then says so at the top).
 Judge-free signals (eval/metrics.py):
 - perplexity of each completion given its beginning under a reference LM (`judge.reference`:
   "embedded", a path to a HF causal LM directory, or "none"), checked the same way: the share of
@@ -50,29 +58,32 @@ a baseline for word compliance only, so they add no judge requests and leave the
 (`judge.max_judged`) and the perplexity sample as they were.
 
 A correct run writes eval/judgments.jsonl (one record per judge request, role main / repeat /
-damaged) and eval/scores.json (per model, task and category: mean, 95% CI, n judged, n failed;
-the reliability tables; perplexity per model; contamination; word_compliance). A rerun skips requests already
+original (a held-out story's true continuation) / damaged) and eval/scores.json (per model, task
+and category: mean, 95% CI, n judged, n failed; the reliability tables under the scoring used,
+per category and damage kind, and each category's trust verdict; perplexity per model;
+contamination; word_compliance). A rerun skips requests already
 recorded with the same fingerprint (judge identity, template, settings, completion text).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from tinystories.errors import UserError
-from tinystories.eval.damage import DAMAGES, damage
+from tinystories.eval.damage import DAMAGES
 from tinystories.eval import expected
-from tinystories.eval.grading import CATEGORIES, build_scores, completion_key, parse_grades
+from tinystories.eval.grading import CATEGORIES, MUST_CATCH, TrustRules, build_scores, parse_grades
+from tinystories.eval.judge_plan import fingerprint_plan, plan_requests
+from tinystories.eval.originals import SOURCES, heldout_originals
 from tinystories.eval.metrics import make_scorer, perplexity_section, prompt_contamination, word_compliance
-from tinystories.io.layout import COMPLETIONS, JUDGMENTS, LLM_CACHE_DIR, SCORES, STORIES
+from tinystories.io.layout import COMPLETIONS, JUDGMENTS, LLM_CACHE_DIR, SCORES, STORIES, VAL_STORIES
 from tinystories.io.resume import keep_rows
 from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, write_json
-from tinystories.pipeline.ids import derive_seed, fingerprint
+from tinystories.pipeline.ids import derive_seed
 from tinystories.text.prompts import JUDGE_REPLY_START, JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_prompt
 
 NAME = "judge"
@@ -89,14 +100,18 @@ class Config:
     llm: dict[str, Any] = field(default_factory=dict)  # overrides of the root llm section for the judge, e.g. {backend: openai, model: gpt-4o, base_urls: [...]}
     max_tokens: int = 400  # judge reply budget (assessment + grades; under expected scoring, the assessment's)
     temperature: float = 0.7  # judge sampling temperature (> 0, so the consistency check measures something)
-    max_judged: int = 0  # judge at most this many completions per model (a seeded sample); 0 = all
+    max_judged: int = 0  # judge at most this many completions per model and task, the same (beginning, sample) slots for every model (seeded); 0 = all
     consistency_sample: int = 20  # completions judged twice with different seeds
-    discrimination_sample: int = 20  # completions judged again after each of the four damages
-    min_discrimination: float = 0.75  # below this share on word salad / grammar, the judge is flagged unreliable
+    discrimination_sample: int = 20  # held-out stories (and completions per baseline model) judged whole and after each of the four damages
+    originals: str = "auto"  # discrimination originals: heldout (prepare's data/val_stories.json; an input) | sample (seeded, of data/stories.jsonl) | auto (heldout where that file exists, else sample)
+    min_discrimination: float = 0.75  # a category is trusted only if the original beats each damage in its must_catch in at least this share of pairs
+    min_pairs: int = 4  # ... judged on at least this many pairs per damage (fewer tell nothing)
+    max_inconsistency: float = 1.0  # ... and two judgments of one completion differ by at most this many points on average
+    must_catch: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in MUST_CATCH.items()})  # per category, the damages that must lower its grade
     reference: str = "embedded"  # perplexity reference LM: embedded | a path to a HF causal LM directory | none
     perplexity_max: int = 0  # completions per model scored for perplexity (a seeded sample); 0 = all
     contamination_n: int = 13  # word n-gram length for the prompt/training overlap check; 0 = skip
-    scoring: str = "auto"  # expected (grade = expected value of the judge's grade-token distribution) | sampled (parse the written grade) | auto (expected where the judge can)
+    scoring: str = "auto"  # expected (grade = expected value of the judge's grade-token distribution) | sampled (parse the written grade) | auto (expected for a completion-mode judge that returns log-probabilities, else sampled)
     top_logprobs: int = 20  # expected scoring: most likely tokens read at each grade position
     min_grade_mass: float = 0.5  # expected scoring: a grade with less probability than this on 1..10 (or A-F) is a failure
 
@@ -117,15 +132,31 @@ class Config:
             problems.append("min_grade_mass: must be a share above 0 and at most 1")
         if not 0 <= self.min_discrimination <= 1:
             problems.append("min_discrimination: must be a share between 0 and 1")
+        if self.min_pairs < 1:
+            problems.append("min_pairs: must be at least 1")
+        if self.max_inconsistency < 0:
+            problems.append("max_inconsistency: must be 0 or more")
+        if self.originals not in SOURCES:
+            problems.append(f"originals: {self.originals!r} is not {', '.join(SOURCES)}")
+        for cat, kinds in (self.must_catch or {}).items():
+            if cat not in CATEGORIES:
+                problems.append(f"must_catch: {cat!r} is not a category ({', '.join(CATEGORIES)})")
+            for kind in kinds or ():
+                if kind not in DAMAGES:
+                    problems.append(f"must_catch.{cat}: {kind!r} is not a damage ({', '.join(DAMAGES)})")
         if self.reference not in ("embedded", "none") and not self.reference.strip():
             problems.append("reference: use embedded, none or a path to a HF causal LM directory")
         return problems
 
 
 def inputs(cfg) -> list[str]:
+    # Under originals: auto, data/val_stories.json is read when present but is no input: it
+    # changes only with prepare, which retrains the models, which changes the completions.
     out = [COMPLETIONS]
-    if cfg.judge.contamination_n:
+    if cfg.judge.contamination_n or cfg.judge.originals != "auto":
         out.append(STORIES)
+    if cfg.judge.originals == "heldout":
+        out.append(VAL_STORIES)
     return out
 
 
@@ -142,65 +173,6 @@ def graded_by_judge(rec: dict) -> bool:
 def is_transport_failure(error: str | None) -> bool:
     """The LLM layer's "transport: ..." reason: the judge was never reached, so there is no verdict."""
     return bool(error) and error.split(":")[0] == "transport"
-
-
-# -- the plan: every judge request, deterministic given the stage seed --------------------------
-
-
-def plan_requests(completions: list[dict], c: Config, stage_seed: int) -> tuple[list[dict], dict]:
-    """Every judge request: main judgments, repeats, damaged versions (deterministic given the seed)."""
-    rng = random.Random(stage_seed)
-    judged = judged_sample(completions, c.max_judged, stage_seed)
-    plan = [{"role": "main", "damage": None, "source": r, "text": r["text"], "key": f"main|{completion_key(r)}"} for r in judged]
-    usable = [r for r in judged if r["text"].strip()]
-    repeat = rng.sample(usable, min(c.consistency_sample, len(usable)))
-    plan += [{"role": "repeat", "damage": None, "source": r, "text": r["text"], "key": f"repeat|{completion_key(r)}"} for r in repeat]
-    disc = rng.sample(usable, min(c.discrimination_sample, len(usable)))
-    damaged, skipped = damaged_requests(disc, usable, rng, stage_seed)
-    plan += damaged
-    return plan, {"damage_not_applicable": skipped, "discrimination_sample": len(disc), "consistency_sample": len(repeat)}
-
-
-def judged_sample(completions: list[dict], max_judged: int, stage_seed: int) -> list[dict]:
-    """Per model in name order, its completions (or a seeded sample of `max_judged`) in task, prompt, sample order."""
-    by_model: dict[str, list[dict]] = {}
-    for rec in completions:
-        by_model.setdefault(rec["model"], []).append(rec)
-    judged: list[dict] = []
-    for model in sorted(by_model):
-        recs = sorted(by_model[model], key=_task_prompt_sample)
-        if max_judged and len(recs) > max_judged:
-            recs = sorted(random.Random(f"{stage_seed}|{model}").sample(recs, max_judged), key=_task_prompt_sample)
-        judged.extend(recs)
-    return judged
-
-
-def _task_prompt_sample(rec: dict) -> tuple:
-    return rec["task"], rec["prompt_id"], rec["sample_id"]
-
-
-def damaged_requests(sources: list[dict], usable: list[dict], rng: random.Random, stage_seed: int) -> tuple[list[dict], dict[str, int]]:
-    """Each source damaged every way that applies to it; counts, per damage, the sources it could not apply to."""
-    items: list[dict] = []
-    skipped: dict[str, int] = {d: 0 for d in DAMAGES}
-    for r in sources:
-        # Swap in a story the same model wrote for another prompt: as fluent, but off topic.
-        others = [o for o in usable if o["prompt_id"] != r["prompt_id"] and o["task"] == r["task"] and o["model"] == r["model"]]
-        others = others or [o for o in usable if o["prompt_id"] != r["prompt_id"] and o["task"] == r["task"]]
-        other = rng.choice(others)["text"] if others else None
-        for kind in DAMAGES:
-            text = damage(kind, r["text"], random.Random(f"{stage_seed}|{kind}|{completion_key(r)}"), other)
-            if text is None:
-                skipped[kind] += 1
-                continue
-            items.append({"role": "damaged", "damage": kind, "source": r, "text": text, "key": f"damaged|{kind}|{completion_key(r)}"})
-    return items, skipped
-
-
-def fingerprint_plan(plan: list[dict], settings: dict) -> None:
-    """What a judgment depends on: judge identity and settings, the request, the texts graded."""
-    for item in plan:
-        item["fingerprint"] = fingerprint(settings, item["key"], item["source"]["prompt"], item["text"], length=16)
 
 
 # -- the steps of a run ------------------------------------------------------------------------
@@ -284,14 +256,18 @@ def judgment_record(item: dict, value: dict | None, error: str | None, meta: dic
     if error is None:
         rec["grades"] = {k: value[k] for k in CATEGORIES}
         rec["age_group"] = value["age_group"]
+        if value.get("age_group_error"):
+            rec["age_group_error"] = value["age_group_error"]  # expected scoring: the grades stand without it
         rec["assessment"] = value["assessment"][:2000]
     elif reply is not None:
         rec["reply"] = reply[:2000]  # kept so a failure can be inspected
     if value is not None and "distributions" in value:
         # expected scoring: per category, grade -> probability (a failure keeps those it read, and the one that failed)
         rec["distributions"] = value["distributions"]
-    if item["role"] == "damaged":
-        rec["text"] = item["text"]
+    if item["role"] in ("damaged", "original"):
+        rec["text"] = item["text"]  # not in completions.jsonl: kept so the pair can be read
+    if item["role"] == "original":
+        rec["prompt"] = src["prompt"]
     return rec
 
 
@@ -361,7 +337,8 @@ def contamination_check(c: Config, rundir: RunDir, completions: list[dict]) -> d
 def score_run(cfg, rundir: RunDir, completions: list[dict], graded: list[dict], records: list[dict], plan: list[dict], settings: dict, plan_info: dict, stage_seed: int) -> dict:
     """eval/scores.json: the judgments aggregated, then the judge-free signals."""
     c: Config = cfg.judge
-    scores = build_scores(graded, records, settings, plan_info, c.min_discrimination)
+    rules = TrustRules(min_discrimination=c.min_discrimination, max_inconsistency=c.max_inconsistency, min_pairs=c.min_pairs, must_catch=c.must_catch)
+    scores = build_scores(graded, records, settings, plan_info, rules)
     scorer, info = make_scorer(c.reference, cfg.llm_for(SECTION))
     damaged = [item for item in plan if item["role"] == "damaged"]
     scores["perplexity"] = perplexity_section(scorer, info, graded, damaged, c.perplexity_max, stage_seed)
@@ -386,7 +363,9 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     completions = load_completions(rundir)
     graded = [r for r in completions if graded_by_judge(r)]
     stage_seed = derive_seed(cfg.seed, NAME)
-    plan, plan_info = plan_requests(graded, c, stage_seed)
+    heldout, origin = heldout_originals(rundir, c.originals, c.discrimination_sample, stage_seed)
+    plan, plan_info = plan_requests(graded, c, stage_seed, heldout)
+    plan_info["originals"] = origin
 
     llm_cfg = cfg.llm_for(SECTION)
     client = make_client(llm_cfg, rundir.path(LLM_CACHE_DIR))
@@ -409,6 +388,8 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
         "failed": scores["totals"]["failed"],
         "requests_now": len(todo),
         "unreliable": scores["reliability"]["unreliable"],
+        "trusted": scores["reliability"]["trusted"],
+        "originals": origin["source"],
         "scoring": scoring,
         "llm": client.stats.as_dict(),
     }

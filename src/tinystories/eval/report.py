@@ -13,7 +13,6 @@ report/val_loss.png and report/instruct_scores.png (drawn by eval/charts.py).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 from tinystories.errors import UserError
 from tinystories.eval.charts import draw_charts
 from tinystories.eval.grading import CATEGORIES as CATS
+from tinystories.eval.report_judge import category_heading, grades_preamble, reliability_section, trust_banner
+from tinystories.eval.markdown import fmt, fmt_params, fmt_proportion, fmt_score, fmt_share, fmt_share_ci, table  # noqa: F401 (fmt_* and table are the report's API)
 from tinystories.io.layout import COMPLETIONS, EVAL_MODELS, PRETRAIN_DIR, REPORT_DIR, RESULTS, SCORES, SFT_DIR, STORIES, STORY_STATS
 from tinystories.io.rundir import RunDir, read_json, read_jsonl, write_text
 
@@ -46,44 +47,6 @@ def inputs(cfg) -> list[str]:
 
 def outputs(cfg) -> list[str]:
     return [RESULTS]
-
-
-# -- formatting: one function per kind of number, so the test can recompute the text ----------
-
-
-def fmt(x: Any, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return f"{x:.{digits}f}"
-
-
-def fmt_score(stat: dict | None) -> str:
-    """`mean ± ci95` as written in the tables."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    if stat.get("ci95") is None:
-        return fmt(stat["mean"])
-    return f"{fmt(stat['mean'])} ± {fmt(stat['ci95'])}"
-
-
-def fmt_share(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.0f}%"
-
-
-def fmt_params(n: int | None) -> str:
-    if not n:
-        return "n/a"
-    return f"{n / 1e6:.2f}M"
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
-    return out
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -130,7 +93,7 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     models = scores["models"]
     params = {name: info.get("params") for name, info in models_info.items() if info.get("params")}
     curves = {name: _read_metrics(d / "metrics.jsonl") for name, d in model_dirs(rundir).items()}
-    charts = draw_charts(models, params, curves, out_dir, c.dpi)
+    charts = draw_charts(models, params, curves, out_dir, c.dpi, scores)
     md = render(scores, completions, models_info, curves, rundir.manifest(), rundir, charts, c)
     write_text(rundir.path(RESULTS), md)
     return {"charts": sorted(k for k, v in charts.items() if v), "models": len(models), "unreliable_judge": bool(scores["reliability"].get("unreliable"))}
@@ -142,10 +105,10 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
     ppl = scores.get("perplexity", {})
     sections = [
         ("Scale of this run", scale_section(rundir, curves, completions, models)),
-        ("Judge scores: story completions", continue_scores_section(models, models_info, charts) + age_groups_section(scores)),
-        ("Instruction following", instruct_section(models, charts)),
+        ("Judge scores: story completions", continue_scores_section(scores, models_info, charts) + age_groups_section(scores)),
+        ("Instruction following", instruct_section(scores, charts)),
         ("Instruction following (judge-free)", compliance_section(scores.get("word_compliance"))),
-        ("Base vs instruct", base_vs_instruct_section(models)),
+        ("Base vs instruct", base_vs_instruct_section(scores)),
         ("Judge reliability", reliability_section(scores["reliability"], ppl)),
         ("Perplexity under a reference model", perplexity_section(ppl)),
         ("Validation loss", val_loss_section(curves, charts)),
@@ -155,7 +118,7 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
         ("Who wrote, trained and judged", provenance_section(rundir, scores, models_info)),
         ("Stages: wall time and key metrics", stages_section(manifest)),
     ]
-    L = header_section(scores["reliability"], rundir)
+    L = header_section(scores, rundir)
     for title, lines in sections:
         L += [f"## {title}", "", *lines]
     return "\n".join(L).rstrip() + "\n"
@@ -164,11 +127,8 @@ def render(scores: dict, completions: list[dict], models_info: dict, curves: dic
 # -- the sections, in report order; each returns its lines, blank-line separated ----------------
 
 
-def header_section(rel: dict, rundir: RunDir) -> list[str]:
-    L: list[str] = ["# TinyStories run report", ""]
-    if rel.get("unreliable"):
-        L += [f"**WARNING: the judge is unreliable: {'; '.join(rel.get('reasons') or ['see the reliability section'])}. Treat every judge score below with suspicion; the perplexity and loss figures do not depend on the judge.**", ""]
-    return L + [f"Run directory: `{rundir.root}`.", ""]
+def header_section(scores: dict, rundir: RunDir) -> list[str]:
+    return ["# TinyStories run report", "", *trust_banner(scores), f"Run directory: `{rundir.root}`.", ""]
 
 
 def scale_section(rundir: RunDir, curves: dict[str, list[dict]], completions: list[dict], models: dict) -> list[str]:
@@ -194,8 +154,14 @@ def scoring_note(judge: dict) -> list[str]:
     return []
 
 
-def continue_scores_section(models: dict, models_info: dict, charts: dict) -> list[str]:
+def grade_headings(scores: dict) -> list[str]:
+    """The grade columns' headings, each with its category's reliability (eval/report_judge.py)."""
+    return [category_heading(cat, scores["reliability"]) for cat in CATS]
+
+
+def continue_scores_section(scores: dict, models_info: dict, charts: dict) -> list[str]:
     """Every model's grades on the shared story beginnings, with parse failures and charts."""
+    models = scores["models"]
     rows = []
     for name, m in models.items():
         t = m["tasks"].get("continue")
@@ -203,8 +169,8 @@ def continue_scores_section(models: dict, models_info: dict, charts: dict) -> li
             rows.append([name, m["kind"], fmt_params(models_info.get(name, {}).get("params")), *[fmt_score(t["categories"].get(cat)) for cat in CATS], fmt(t["n_judged"]), fmt(t["n_failed"])])
     L: list[str] = []
     if rows:
-        L += ["Mean grade out of 10 ± the half-width of its 95% confidence interval (over completions), for every model on the same story beginnings.", ""]
-        L += table(["model", "kind", "params", *CATS, "judged", "failed"], rows)
+        L += ["Mean grade out of 10 ± the half-width of its 95% confidence interval (over completions), for every model on the same story beginnings.", "", *grades_preamble(scores)]
+        L += table(["model", "kind", "params", *grade_headings(scores), "judged", "failed"], rows)
         L += [""]
         if charts.get("scores_by_model.png"):
             L += ["![scores per model](scores_by_model.png)", ""]
@@ -226,12 +192,15 @@ def age_groups_section(scores: dict) -> list[str]:
             if t.get("age_groups"):
                 total = sum(t["age_groups"].values())
                 rows.append([name, task] + [fmt_share(t["age_groups"].get(g, 0) / total) for g in age_names])
+    missing = sum(t.get("age_group_failed", 0) for m in scores["models"].values() for t in m["tasks"].values())
+    note = [f"{fmt(missing)} judged completions got no age group: the judge put too little probability on the letters A-F (their grades stand).", ""] if missing else []
     if not rows:
-        return []
-    return ["Age group the judge guessed for the writer (share of judged completions):", "", *table(["model", "task"] + [f"{g} ({v})" for g, v in age_names.items()], rows), ""]
+        return note
+    return ["Age group the judge guessed for the writer (share of judged completions with one):", "", *table(["model", "task"] + [f"{g} ({v})" for g, v in age_names.items()], rows), "", *note]
 
 
-def instruct_section(models: dict, charts: dict) -> list[str]:
+def instruct_section(scores: dict, charts: dict) -> list[str]:
+    models = scores["models"]
     rows = []
     for name, m in models.items():
         t = m["tasks"].get("instruct")
@@ -239,14 +208,15 @@ def instruct_section(models: dict, charts: dict) -> list[str]:
             rows.append([name, *[fmt_score(t["categories"].get(cat)) for cat in CATS], fmt(t["n_judged"]), fmt(t["n_failed"])])
     if not rows:
         return ["No instruct (SFT) model in this run: run `tinystories instruct-data` and `tinystories sft`, then `complete` again.", ""]
-    L = [*table(["model", *CATS, "judged", "failed"], rows), ""]
+    L = [*grades_preamble(scores, first=False), *table(["model", *grade_headings(scores), "judged", "failed"], rows), ""]
     if charts.get("instruct_scores.png"):
         L += ["![instruction following](instruct_scores.png)", ""]
     return L
 
 
-def base_vs_instruct_section(models: dict) -> list[str]:
+def base_vs_instruct_section(scores: dict) -> list[str]:
     """sft/<size> next to pretrain/<size> on the same beginnings: what instruction tuning changed."""
+    models = scores["models"]
     pairs = []
     for name, m in models.items():
         if m["kind"] == "instruct" and name.startswith(f"{SFT_DIR}/"):
@@ -259,33 +229,7 @@ def base_vs_instruct_section(models: dict) -> list[str]:
     for base, inst in pairs:
         bt, it = models[base]["tasks"]["continue"]["categories"], models[inst]["tasks"]["continue"]["categories"]
         rows.append([f"{base} → {inst}", *[f"{fmt_score(bt.get(cat))} → {fmt_score(it.get(cat))}" for cat in CATS]])
-    return ["The same story beginnings, before and after instruction tuning:", "", *table(["models", *CATS], rows), ""]
-
-
-def reliability_section(rel: dict, ppl: dict) -> list[str]:
-    """The verdict, the consistency and discrimination tables, and the perplexity cross-check."""
-    cons = rel.get("consistency", {})
-    L = [f"Verdict: **{'unreliable' if rel.get('unreliable') else 'passes the checks'}** (word-salad discrimination on grammar must reach {fmt_share(rel.get('min_discrimination'))}).", ""]
-    if cons.get("n_pairs"):
-        L += [f"Consistency: {fmt(cons['n_pairs'])} completions judged twice with different seeds; mean absolute difference of the two grades (0 = identical, {fmt(cons.get('n_failed', 0))} repeat judgments failed):", ""]
-        L += table([c for c in CATS if c in cons["mean_abs_diff"]], [[fmt(cons["mean_abs_diff"][c]) for c in CATS if c in cons["mean_abs_diff"]]])
-        L += [""]
-    else:
-        L += ["Consistency: no completion was judged twice (judge.consistency_sample is 0 or every repeat failed).", ""]
-    rows = []
-    for kind, d in rel.get("discrimination", {}).items():
-        shares = d.get("share_original_better", {})
-        rows.append([kind, fmt(d.get("n_pairs", 0)), *[fmt_share(shares.get(cat)) for cat in CATS], fmt(d.get("n_failed", 0))])
-    if rows:
-        L += ["Discrimination: completions damaged on purpose and judged again; share of pairs where the original got the strictly higher grade (a working judge is near 100% for grammar on word salad and for consistency on swapped completions):", ""]
-        L += table(["damage", "pairs", *CATS, "failed"], rows)
-        L += [""]
-    if ppl.get("discrimination"):
-        rows = [[kind, fmt(d.get("n_pairs", 0)), fmt_share(d.get("share_original_lower"))] for kind, d in ppl["discrimination"].items()]
-        L += [f"Judge-free check: the reference LM ({ppl.get('reference')}{', ' + str(ppl.get('model')) if ppl.get('model') else ''}) should give the original the lower perplexity:", ""]
-        L += table(["damage", "pairs", "original has lower perplexity"], rows)
-        L += [""]
-    return L
+    return ["The same story beginnings, before and after instruction tuning:", "", *grades_preamble(scores, first=False), *table(["models", *grade_headings(scores)], rows), ""]
 
 
 def perplexity_section(ppl: dict) -> list[str]:
@@ -354,22 +298,6 @@ def _flat_numbers(metrics: dict) -> dict:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = value
     return out
-
-
-def fmt_proportion(stat: dict | None) -> str:
-    """A share as `hits/n = share% [low–high%]`, from stats.proportion_ci."""
-    if not stat or stat.get("share") is None:
-        return "n/a"
-    return f"{stat['hits']}/{stat['n']} = {fmt_share(stat['share'])} [{fmt_share(stat['low'])}–{fmt_share(stat['high'])}]"
-
-
-def fmt_share_ci(stat: dict | None) -> str:
-    """A share as `mean% ± ci95` (percentage points), from a mean_ci dict."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    if stat.get("ci95") is None:
-        return fmt_share(stat["mean"])
-    return f"{fmt_share(stat['mean'])} ± {stat['ci95'] * 100:.0f}"
 
 
 def compliance_section(wc: dict | None) -> list[str]:

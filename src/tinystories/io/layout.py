@@ -19,6 +19,7 @@ VOCABULARY = "data/vocabulary.json"
 STORIES = "data/stories.jsonl"
 REJECTED = "data/rejected.jsonl"
 STORY_STATS = "data/stats.json"
+DATASET_CARD = "data/README.md"  # the dataset card (Hugging Face metadata), written with the story file
 STORY_FILE = "data/tinystories_dataset.txt"
 GENERATE_STATE = "data/.generate_state.json"
 GENERATE_BATCH = "data/.generate_batch.json"  # the OpenAI Batch API job of generate.batch_api, so a rerun resumes it
@@ -57,6 +58,7 @@ UINT16_VOCAB = 1 << 16
 # Files a checkpoint directory holds besides the Hugging Face weights and config.
 TRAIN_STATE = "train_state.pt"
 CHECKPOINT_INFO = "tinystories.json"
+METRICS_FILE = "metrics.jsonl"  # one record per logged training step
 
 
 def checkpoint_dir(kind: str, size: str) -> str:

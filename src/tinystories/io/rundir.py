@@ -96,6 +96,16 @@ def read_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             yield lineno, record
 
 
+def schema_row(values: dict, fields: tuple[str, ...], name: str) -> dict:
+    """`values` as a JSONL row with exactly `fields`, in that order (a missing one None), so
+    every row of a file has the same keys and `datasets` reads it as columns. A key outside
+    `fields` is a programming error: declare it in `name` (the tuple's name)."""
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not in {name}; add to {name} so that every row of the file has the key")
+    return {k: values.get(k) for k in fields}
+
+
 class JsonlWriter:
     """Append-only JSONL with whole-line durability.
 

@@ -23,6 +23,7 @@ from tinystories.llm.cache import ResponseCache, cache_key
 from tinystories.llm.config import LLMConfig
 from tinystories.llm.redact import redact
 from tinystories.llm.registry import make_backend
+from tinystories.llm.spend import CapRefused, SpendCap
 from tinystories.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class LLMClient:
         self._owns_backend = owns_backend  # close() frees a backend the client made, not one it was lent
         self.cache = cache if cache is not None else ResponseCache(None)  # not `or`: an empty cache has len 0, so is falsy
         self.stats = Stats()
+        self.spend = SpendCap(cfg)  # llm.max_cost / llm.max_tokens_total over this client's life (one run of a stage)
         self._identity = backend.identity()
 
     @property
@@ -127,11 +129,13 @@ class LLMClient:
         retries = 0
         while True:
             await limiter.acquire(request.approx_prompt_tokens() + request.max_tokens)
+            booked = self.spend.reserve(request)  # after the limiter's wait: the booking covers only calls really in flight
             t0 = time.monotonic()
             try:
                 self.stats.backend_calls += 1
                 result = await asyncio.wait_for(self.backend.generate(request), timeout=self.cfg.timeout_s + 5)
             except (TransientError, asyncio.TimeoutError) as exc:
+                self.spend.settle(booked, None)  # released before the backoff, so other workers may use it meanwhile
                 if retries >= self.cfg.max_retries:
                     raise TransientError(f"gave up after {retries} retries: {redact(exc or 'timeout')}") from None
                 retry_after = getattr(exc, "retry_after", None)
@@ -147,6 +151,11 @@ class LLMClient:
                 log.info("retry %d for %s in %.1fs: %s", retries, request.key, delay, redact(exc or "timeout"))
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                self.spend.settle(booked, None)
+                raise
+            self.spend.settle(booked, result)
+            self.stats.cost = self.spend.cost  # every live call is priced once, there (cache hits cost nothing)
             latency = time.monotonic() - t0
             self.stats.backend_seconds += latency
             self.stats.generated_tokens_live += result.completion_tokens
@@ -186,10 +195,6 @@ class LLMClient:
             )
             self.stats.prompt_tokens += raw.prompt_tokens
             self.stats.completion_tokens += raw.completion_tokens
-            if not cached:
-                self.stats.cost += (
-                    raw.prompt_tokens * self.cfg.price_prompt_per_1k + raw.completion_tokens * self.cfg.price_completion_per_1k
-                ) / 1000.0
             try:
                 response.value = validate(response)
                 return response
@@ -221,9 +226,13 @@ class LLMClient:
         with progress_bar(description, total, unit="req") as bar:
 
             async def worker() -> None:
-                for request in iterator:  # shared iterator: each request is taken by exactly one worker
+                # shared iterator: each request is taken by exactly one worker; none is taken once a cap stopped the job
+                while not self.spend.reached and (request := next(iterator, None)) is not None:
                     self.stats.requests += 1
-                    response = await self._one(request, validate, limiter)
+                    try:
+                        response = await self._one(request, validate, limiter)
+                    except CapRefused:
+                        return  # not answered, so not reported: the stage asks for it again when rerun
                     if response.ok:
                         self.stats.succeeded += 1
                     else:
@@ -250,6 +259,8 @@ class LLMClient:
                 for task in tasks:
                     task.cancel()
                 raise
+        if self.spend.reached:
+            raise self.spend.stop_error(description, self.stats.succeeded + self.stats.failed, self.stats.backend_calls)
         return results
 
     def complete(self, requests: Iterable[Request], **kwargs) -> list[Response]:
@@ -264,6 +275,8 @@ class LLMClient:
         return asyncio.run(main())
 
     def close(self) -> None:
+        if self.stats.backend_calls:  # the stage's log keeps what each run paid, finished or stopped
+            log.info("llm spend this run: %d backend calls, %d tokens, $%.4f", self.stats.backend_calls, self.spend.tokens, self.spend.cost)
         self.cache.close()
         if self._owns_backend:
             self.backend.close()

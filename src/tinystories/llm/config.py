@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from tinystories.llm.registry import unknown_backend_problem
+
+
+# How far a run may go, not what an answer holds: resume fingerprints leave these out, so a
+# stage stopped by a cap resumes when rerun with a higher one.
+SPEND_CAPS = ("max_cost", "max_tokens_total")
 
 
 @dataclass
@@ -21,10 +27,20 @@ class LLMConfig:
     max_retries: int = 6  # transport retries on 429, 5xx, timeouts and dropped connections
     max_attempts: int = 3  # attempts when a caller's validator rejects a reply, then it is recorded as a failure
     backoff_s: float = 1.0  # first retry delay; doubles each retry, with jitter; Retry-After wins when sent
-    price_prompt_per_1k: float = 0.0  # cost accounting, in your currency per 1,000 prompt tokens
-    price_completion_per_1k: float = 0.0  # the same per 1,000 completion tokens
+    price_prompt_per_1k: float = 0.0  # cost accounting, in dollars (or your currency) per 1,000 prompt tokens; gpt-4o-mini: 0.00015
+    price_completion_per_1k: float = 0.0  # the same per 1,000 completion tokens; gpt-4o-mini: 0.0006
+    max_cost: float = 0.0  # stop a stage before its backend calls could cost more than this (priced as above; cache hits are free), per run of the stage; 0 = no cap
+    max_tokens_total: int = 0  # stop a stage before its backend calls could use more prompt + completion tokens than this, per run of the stage; 0 = no cap
     n_ctx: int = 4096  # embedded: context window
     n_threads: int = 0  # embedded: CPU threads, 0 = all cores
+    # How hard to push the backend and what it costs, not what it answers: changing these never
+    # makes a stage's outputs stale (Config.hash leaves them out).
+    NOT_IN_HASH: ClassVar[tuple[str, ...]] = (
+        "api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute", "timeout_s", "max_retries", "backoff_s",
+        "price_prompt_per_1k", "price_completion_per_1k", *SPEND_CAPS, "n_threads",
+    )
+
+    batch_size: int = 1  # embedded: requests decoded together (continuous batching; >1 is part of the cache identity, see README); 1 = one at a time
 
     def check(self) -> list[str]:
         problems = []
@@ -42,4 +58,14 @@ class LLMConfig:
             problems.append("max_retries: must be 0 or more")
         if self.timeout_s <= 0:
             problems.append("timeout_s: must be positive")
+        if self.batch_size < 1:
+            problems.append("batch_size: must be at least 1 (1 = one request at a time)")
+        if self.max_cost < 0 or self.max_tokens_total < 0:
+            problems.append("max_cost and max_tokens_total: must be 0 (no cap) or more")
+        if self.max_cost > 0 and not (self.price_prompt_per_1k or self.price_completion_per_1k):
+            problems.append("max_cost: needs prices to count against; set price_prompt_per_1k and price_completion_per_1k (gpt-4o-mini: 0.00015 and 0.0006)")
         return problems
+
+    def price_of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What that many tokens cost at this config's prices."""
+        return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000.0

@@ -6,9 +6,11 @@ The default backend, so the demo needs no network and no key. The model comes fr
 in `tinystories.llm.models` (installed as PyPI packages) or is any .gguf path.
 
 Why in-process through llama-cpp-python rather than a local server: one process, nothing to
-start or stop, and llama.cpp is the fastest CPU runtime for quantised models. One request at a
-time: llama.cpp already uses every thread for one sequence, so parallel calls would only
-contend.
+start or stop, and llama.cpp is the fastest CPU runtime for quantised models. With the default
+`llm.batch_size: 1` one request at a time: llama.cpp already uses every thread for one sequence,
+so parallel calls would only contend. With `llm.batch_size` > 1 up to that many requests are
+decoded together in one llama.cpp context (llm/embedded_batch.py): a CPU decode step costs
+little more for 16 tokens than for one, so throughput grows with the batch.
 
 Token log-probabilities (Request.top_logprobs) come from llama-cpp-python's own `logprobs` option,
 which needs a context that keeps the logits of every position (logits_all): such requests run in
@@ -68,12 +70,24 @@ def llama_seed(seed: int) -> int:
     return 0xFFFFFFFE if seed == 0xFFFFFFFF else seed
 
 
+def completion_params(request: Request) -> dict:
+    """The create_*_completion arguments for `request`: its limits, seed and stops, our sampler."""
+    return dict(
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=llama_seed(request.seed),
+        stop=list(request.stop) or None,
+        **SAMPLER,
+    )
+
+
 class EmbeddedBackend:
     name = "embedded"
-    max_concurrency = 1
 
     def __init__(self, cfg: LLMConfig):
         self.cfg = cfg
+        self.max_concurrency = cfg.batch_size  # the client keeps this many requests in flight: one per batch slot
         self.n_threads = cfg.n_threads or default_threads()
         if cfg.model in MODELS or not is_path_like(cfg.model):
             self.spec = lookup(cfg.model)  # an unknown name fails here, before any work
@@ -87,6 +101,7 @@ class EmbeddedBackend:
             self.sha256 = file_sha256(self._path)
         self._llm = None
         self._scorer = None
+        self._batcher = None
         # A threading lock, taken inside the worker thread: if the client times a call out, its
         # thread keeps running in llama.cpp, and no second call may enter the same context.
         self._lock = threading.Lock()
@@ -94,7 +109,12 @@ class EmbeddedBackend:
 
     # -- the Backend protocol ----------------------------------------------------------------
     def identity(self) -> dict:
-        return {"model": self.model_name, "gguf_sha256": self.sha256, "sampler": dict(SAMPLER)}
+        identity = {"model": self.model_name, "gguf_sha256": self.sha256, "sampler": dict(SAMPLER)}
+        if self.cfg.batch_size > 1:
+            # Batched decoding can change an answer (llama.cpp's CPU kernels round differently with the
+            # batch's shape), so batched answers are cached apart from unbatched ones and per batch size.
+            identity["batch_size"] = self.cfg.batch_size
+        return identity
 
     async def generate(self, request: Request) -> RawResult:
         # llama.cpp cannot be interrupted mid-call. When the client gives up waiting and retries the
@@ -102,8 +122,12 @@ class EmbeddedBackend:
         key = json.dumps([request.messages, request.prompt, request.max_tokens, request.temperature, request.top_p, request.seed, request.stop,
                           request.top_logprobs])
         future = self._in_flight.get(key)
-        if future is None or future.done() or future.get_loop() is not asyncio.get_running_loop():
-            future = asyncio.ensure_future(asyncio.to_thread(self._generate_sync, request))
+        loop = asyncio.get_running_loop()
+        if future is None or future.done() or future.get_loop() is not loop:
+            if self.cfg.batch_size > 1:
+                future = asyncio.wrap_future(self._batch_decoder().submit(request, self.cfg.mode, loop))
+            else:
+                future = asyncio.ensure_future(asyncio.to_thread(self._generate_sync, request))
             self._in_flight[key] = future
             future.add_done_callback(lambda f, k=key: self._in_flight.pop(k, None) if self._in_flight.get(k) is f else None)
         return await asyncio.shield(future)
@@ -114,6 +138,9 @@ class EmbeddedBackend:
         pass
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()  # first: its thread may be running an unbatched request under the lock
+            self._batcher = None
         with self._lock:
             for llm in (self._llm, self._scorer):
                 if llm is not None:
@@ -154,6 +181,20 @@ class EmbeddedBackend:
             self._scorer = self._load(logits_all=True)
         return self._scorer
 
+    def _batch_decoder(self):
+        if self._batcher is None:
+            from tinystories.llm.embedded_batch import BatchDecoder
+
+            def load_model():
+                with self._lock:
+                    return self._model()  # the batch context shares this model's weights and tokenizer
+
+            self._batcher = BatchDecoder(
+                load_model, batch_size=self.cfg.batch_size, n_ctx=self.cfg.n_ctx, n_threads=self.n_threads,
+                model_name=self.model_name, params_for=completion_params, run_unbatched=self._generate_sync,
+            )  # fmt: skip
+        return self._batcher
+
     # -- generation ------------------------------------------------------------------------------
     def _generate_sync(self, request: Request) -> RawResult:
         k = request.top_logprobs
@@ -163,14 +204,7 @@ class EmbeddedBackend:
             # batch shapes and so float rounding, and the same request must give the same answer
             # whatever ran before it (the cache and the seeds promise that).
             llm.reset()
-            params = dict(
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                seed=llama_seed(request.seed),
-                stop=list(request.stop) or None,
-                **SAMPLER,
-            )
+            params = completion_params(request)
             try:
                 if self.cfg.mode == "chat":
                     if request.messages is None:

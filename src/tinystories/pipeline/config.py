@@ -158,7 +158,7 @@ class Config:
 
     def hash(self, names: typing.Iterable[str], include_seed: bool = True) -> str:
         """Hash of the named sections: a stage reruns when any of them changes."""
-        payload = {name: dataclasses.asdict(self._values[name]) for name in names}
+        payload = {name: _hashed_fields(self._values[name]) for name in names}
         if include_seed:
             payload["seed"] = self.seed
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
@@ -175,6 +175,14 @@ class Config:
         if problems:
             raise UserError("; ".join(problems))
         return merged
+
+
+def _hashed_fields(section: Any) -> dict:
+    """A section's fields minus those its dataclass marks NOT_IN_HASH (operational knobs)."""
+    data = dataclasses.asdict(section)
+    for name in getattr(type(section), "NOT_IN_HASH", ()):
+        data.pop(name, None)
+    return data
 
 
 class _SectionView(Config):

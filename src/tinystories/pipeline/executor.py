@@ -186,6 +186,8 @@ def execute(stage: Stage, cfg, rundir: RunDir, force: bool = False, allow_unfini
             finished_at=now_iso(),
             wall_s=round(time.time() - t0, 3),
         )
+        if getattr(exc, "metrics", None):  # a stage stopped by an llm spend cap says what it spent (llm/spend.py)
+            record["metrics"] = exc.metrics
         if user_error is not None:
             log.info("stage %s failed:\n%s", stage.name, traceback.format_exc())  # the log file only
         elif not isinstance(exc, (UserError, KeyboardInterrupt)):

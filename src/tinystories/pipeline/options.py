@@ -5,6 +5,7 @@ read from the source rather than repeated in a help string)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 import textwrap
@@ -13,6 +14,10 @@ import typing
 _FIELD_LINE = re.compile(r"^\s+(?P<name>\w+)\s*:\s*[^=#]+?(?:=.*?)?\s*#\s*(?P<doc>.+)$")
 
 
+# Cached: the source does not change within a process, and re-parsing it on every parser build
+# hit a CPython 3.11.7 bug (SystemError "AST constructor recursion depth mismatch") after a stage
+# was interrupted (tests/test_judge.py::test_judge_resumes_and_skips_done_requests).
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its trailing `# comment` in the dataclass source (inherited fields too)."""
     docs: dict[str, str] = {}

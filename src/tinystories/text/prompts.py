@@ -9,10 +9,14 @@ judge templates.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import string
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
+from tinystories.errors import UserError
 from tinystories.io.layout import EOS
 
 # --- instruction tuning (phase 4) and instruct completions (phase 5) ------------------------
@@ -32,25 +36,100 @@ def sft_example(instruction: str, story: str) -> str:
     return instruction_prompt(instruction) + story + EOS
 
 
+def instruction_chat_template() -> str:
+    """The instruction format as a Hugging Face chat template (Jinja), so chat messages render
+    exactly as `sft_example` / `instruction_prompt`: a user turn is the instruction, an assistant
+    turn the story plus end-of-text, and `add_generation_prompt` opens the response. The
+    markers go in as JSON strings, which Jinja reads as string literals with the same escapes."""
+    instruction, response, eos = (json.dumps(s) for s in (INSTRUCTION_MARKER, "\n\n" + RESPONSE_MARKER, EOS))
+    return (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}{{ " + instruction + " + message['content'] }}"
+        "{%- elif message['role'] == 'assistant' -%}{{ " + response + " + message['content'] + " + eos + " }}"
+        "{%- else -%}{{ raise_exception('this model was tuned on user and assistant turns only, not ' + message['role']) }}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ " + response + " }}{%- endif -%}"
+    )
+
+
 # --- the story prompt (phase 1, generate) and the summary prompt (phase 3, instruct-data) ----
 # Both templates live in resources/prompts/*.txt (package data); the story features are defined
-# in story.txt. A version is the file's declared one plus a hash of its text, so an edit that
-# forgets to bump the version still invalidates cached answers.
+# in story.txt. A user's own file in the same format replaces either (generate.prompt_path,
+# instruct_data.summary_prompt_path): it is checked here, when the config loads, so a broken
+# prompt fails in one line before any LLM time is spent. A version is the file's declared one
+# plus a hash of its text, so an edit that forgets to bump the version still invalidates cached
+# answers, and a user's file never shares answers with the shipped prompt.
+
+STORY_WORD_PLACEHOLDERS = ("noun", "verb", "adjective")  # each story prompt must ask for all three words
+STORY_PLACEHOLDERS = (*STORY_WORD_PLACEHOLDERS, "features_sentence")
+SUMMARY_PLACEHOLDER = "{story}"
+_PLACEHOLDER_LIKE = re.compile(r"\{([^{}\s]*)\}")  # what a summary file's author may have meant as a placeholder
 
 
 def _prompt_file(name: str) -> str:
     return resources.files("tinystories").joinpath(f"resources/prompts/{name}").read_text(encoding="utf-8")
 
 
+def read_prompt_file(path: str | Path, option: str) -> str:
+    """A user's prompt file as text; one UserError line naming the file and the fix otherwise.
+    `option` is the config key that named the file, for the way back to the shipped prompt."""
+    file = Path(path).expanduser()
+    back = f'or set {option} to "" for the shipped prompt'
+    if not file.exists():
+        raise UserError(f"{path}: prompt file not found (relative paths start from the current directory); fix {option} {back}")
+    if file.is_dir():
+        raise UserError(f"{path}: is a directory, not a prompt file; name the .txt file inside it in {option}")
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: is not UTF-8 text; save the prompt file as UTF-8 ({option})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror}); check its permissions, {back}") from None
+
+
+def absolute_prompt_path(path: str) -> str:
+    """A prompt path as the config keeps it: absolute, resolved once against the current directory
+    when the config loads, so that the run dir's config.yaml finds the same file from anywhere."""
+    return str(Path(path).expanduser().resolve()) if isinstance(path, str) and path.strip() else path  # a non-text value: the config check reports it
+
+
+def prompt_file_inputs(path: str) -> list[str]:
+    """A user's prompt file as a stage input: absolute, so that RunDir.path leaves it alone and
+    its sha256 goes into the manifest (editing the file reruns the stage instead of skipping it
+    as current). [] for the shipped prompt, or for a missing file, which the config check reports."""
+    file = Path(path).expanduser().resolve() if path else None
+    return [str(file)] if file and file.is_file() else []
+
+
 def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-@lru_cache(maxsize=1)
-def story_template() -> dict:
-    """The versioned story prompt: {version, features: {name: sentence}, features_sentence, text}."""
-    raw = _prompt_file("story.txt")
-    out: dict = {"features": {}}
+def _format_fields(text: str, where: str, what: str) -> set[str]:
+    """The {placeholders} of a str.format template; a lone brace is the author's to fix."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:
+        raise UserError(f"{where}: {what} has a stray brace ({exc}); write {{{{ and }}}} for a literal brace") from None
+
+
+def _placeholder_list(names) -> str:
+    return ", ".join("{" + n + "}" for n in names)
+
+
+def story_template(path: str | Path = "") -> dict:
+    """The versioned story prompt: {version, features: {name: sentence}, features_sentence, text}.
+    `path`: a user's file in resources/prompts/story.txt's format; empty = the paper's prompt."""
+    if path:
+        return _parse_story_template(read_prompt_file(path, "generate.prompt_path"), str(path))
+    return _parse_story_template(_prompt_file("story.txt"), "resources/prompts/story.txt")
+
+
+@lru_cache(maxsize=8)
+def _parse_story_template(raw: str, where: str) -> dict:
+    """The story file's rules: `#` comments and blank lines, then `version:`, `feature <Name>:`
+    and `features_sentence:` lines, then a line `template:` after which the prompt runs to the end."""
+    out: dict = {"features": {}, "version": "story"}
     lines = raw.splitlines()
     for n, line in enumerate(lines):
         if line.startswith("#") or not line.strip():
@@ -58,29 +137,66 @@ def story_template() -> dict:
         if line.strip() == "template:":
             out["text"] = "\n".join(lines[n + 1 :]).strip()
             break
-        key, _, value = line.partition(":")
+        key, colon, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if not colon or not value:
+            raise UserError(f"{where}:{n + 1}: {line.strip()!r} is not `key: value`; before the `template:` line come only # comments, version:, feature <Name>: and features_sentence: lines")
         if key.startswith("feature "):
-            out["features"][key.split(None, 1)[1].strip()] = value.strip()
+            out["features"][key.split(None, 1)[1].strip()] = value
+        elif key in ("version", "features_sentence"):
+            out[key] = value
         else:
-            out[key.strip()] = value.strip()
+            raise UserError(f"{where}:{n + 1}: unknown key {key!r}; use version:, feature <Name>: or features_sentence:, then a line `template:` before the prompt")
+    _check_story_template(out, where)
     out["version"] = f"{out['version']}+{_text_hash(raw)}"
     return out
 
 
-def story_prompt(words: dict, features: list[str]) -> str:
-    """The paper's story request for one noun, verb and adjective and a list of feature names."""
-    t = story_template()
+def _check_story_template(t: dict, where: str) -> None:
+    if not t.get("text"):
+        raise UserError(f"{where}: no prompt; put a line `template:` and the story prompt after it")
+    fields = _format_fields(t["text"], where, "the template")
+    missing = [p for p in STORY_WORD_PLACEHOLDERS if p not in fields]
+    if missing:
+        raise UserError(f"{where}: the template lacks {_placeholder_list(missing)}; the prompt must ask for the drawn {_placeholder_list(STORY_WORD_PLACEHOLDERS)}")
+    unknown = sorted(fields - set(STORY_PLACEHOLDERS))
+    if unknown:
+        raise UserError(f"{where}: unknown placeholder(s) {_placeholder_list(unknown)} in the template; use only {_placeholder_list(STORY_PLACEHOLDERS)}")
+    if not t["features"]:
+        return  # a prompt without features: generate.features must then be empty (its check says so)
+    if "features_sentence" not in fields:
+        raise UserError(f"{where}: defines features but the template lacks {{features_sentence}}; put it where the features are asked for")
+    if "features_sentence" not in t:
+        raise UserError(f"{where}: defines features but no `features_sentence:` line; add one such as `features_sentence: The story should have the following features: {{features}}.`")
+    sentence_fields = _format_fields(t["features_sentence"], where, "features_sentence")
+    if sentence_fields != {"features"}:
+        raise UserError(f"{where}: features_sentence must hold {{features}} and no other placeholder (it has {_placeholder_list(sorted(sentence_fields)) or 'none'})")
+
+
+def story_prompt(words: dict, features: list[str], template: dict | None = None) -> str:
+    """The story request for one noun, verb and adjective and a list of feature names, in the
+    paper's prompt or in `template` (a `story_template(path)`)."""
+    t = template or story_template()
     sentence = t["features_sentence"].format(features=", ".join(t["features"][f] for f in features)) if features else ""
     text = t["text"].format(noun=words["noun"], verb=words["verb"], adjective=words["adjective"], features_sentence=sentence)
     return re.sub(r" {2,}", " ", text)  # no features: the sentence and its space vanish
 
 
-@lru_cache(maxsize=1)
-def summary_template() -> tuple[str, str]:
-    """(template text, template version) of the summary request; `{story}` marks the story."""
+def summary_template(path: str | Path = "") -> tuple[str, str]:
+    """(template text, template version) of the summary request; `{story}` marks the story.
+    `path`: a user's file in resources/prompts/summary.txt's format; empty = the shipped prompt."""
+    if path:
+        return _parse_summary_template(read_prompt_file(path, "instruct_data.summary_prompt_path"), str(path))
+    return _parse_summary_template(_prompt_file("summary.txt"), "resources/prompts/summary.txt")
+
+
+@lru_cache(maxsize=8)
+def _parse_summary_template(raw: str, where: str) -> tuple[str, str]:
+    """The summary file's rules: leading `#` lines are comments (`# version: NAME` names the
+    version), the rest is the prompt, with {story} where the story goes."""
     version = ""
     body: list[str] = []
-    for line in _prompt_file("summary.txt").splitlines():
+    for line in raw.splitlines():
         if line.startswith("#") and not body:
             m = re.match(r"#\s*version:\s*(\S+)", line)
             if m:
@@ -88,12 +204,18 @@ def summary_template() -> tuple[str, str]:
             continue
         body.append(line)
     text = "\n".join(body).strip() + "\n"
+    if SUMMARY_PLACEHOLDER not in text:
+        raise UserError(f"{where}: the prompt lacks {SUMMARY_PLACEHOLDER}; put it where the story goes")
+    unknown = sorted({m for m in _PLACEHOLDER_LIKE.findall(text) if m != "story"})
+    if unknown:
+        raise UserError(f"{where}: unknown placeholder(s) {_placeholder_list(unknown)}; the summary prompt takes only {SUMMARY_PLACEHOLDER}")
     return text, f"{version or 'summary'}-{_text_hash(text)}"
 
 
-def summary_prompt(story: str) -> str:
-    """The request for a one-to-two-sentence summary of one story."""
-    return summary_template()[0].replace("{story}", story.strip())
+def summary_prompt(story: str, template: str | None = None) -> str:
+    """The request for a one-to-two-sentence summary of one story (in `template`, the text of
+    a `summary_template(path)`, or the shipped prompt)."""
+    return (template or summary_template()[0]).replace(SUMMARY_PLACEHOLDER, story.strip())
 
 
 # --- the judge's grading prompt (phase 5) ----------------------------------------------------

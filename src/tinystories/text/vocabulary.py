@@ -16,8 +16,9 @@ from tinystories.errors import UserError
 
 CATEGORIES = ("nouns", "verbs", "adjectives")
 SHAPE_HINT = 'a vocabulary file is {"nouns": [...], "verbs": [...], "adjectives": [...]} with optional "meta": {...}'
-# One word, lowercase ASCII letters, inner hyphens or apostrophes allowed ("jack-o-lantern").
-_WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
+# One word of lowercase letters, inner hyphens or apostrophes allowed ("jack-o-lantern"); letters
+# of any alphabet, so that a vocabulary for another language ("niño", "pâte") loads too.
+_WORD = re.compile(r"[^\W\d_]+(?:[-'][^\W\d_]+)*")
 
 
 def shipped_path() -> Path:
@@ -29,7 +30,7 @@ def _entry_problem(cat: str, i: int, word) -> str | None:
     where = f"{cat}[{i}]"
     if not isinstance(word, str):
         return f"{where} is {json.dumps(word)}, not a string; write words as \"text\""
-    if _WORD.fullmatch(word):
+    if _WORD.fullmatch(word) and not any(c.isupper() for c in word):
         return None
     if not word.strip():
         return f"{where} is an empty string; remove it"
@@ -39,7 +40,7 @@ def _entry_problem(cat: str, i: int, word) -> str | None:
         return f"{where} {word!r} has capitals; words are lowercase ({word.lower()!r}) and proper nouns do not belong"
     if any(c.isdigit() for c in word):
         return f"{where} {word!r} has digits; use words only"
-    return f"{where} {word!r} has characters other than a-z, inner hyphens or apostrophes"
+    return f"{where} {word!r} has characters other than letters, inner hyphens or apostrophes"
 
 
 def _category_problems(cat: str, words) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 DTYPES = ("bf16", "fp32", "auto")
 SCHEDULES = ("cosine", "constant")
+MAX_EVAL_SAMPLES = 4  # how many fixed story beginnings train/training_log.SAMPLE_BEGINNINGS holds
 # Settings that change the optimisation trajectory: a checkpoint made with other values is
 # not resumed silently (the other fields, e.g. eval_interval or compile, may change freely).
 # The seed is not a field (each stage derives it from the run's seed) but is part of it too.
@@ -37,6 +38,7 @@ class TrainArgs:
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     eval_interval: int = 100  # steps between validation passes (and always at the end; 0 = only at the end)
     eval_batches: int = 20  # validation batches per pass, capped by the validation data (0 = all of it)
+    eval_samples: int = 2  # greedy ~40-token stories from fixed beginnings written to TensorBoard at each validation pass (0 = none, at most 4)
     checkpoint_interval: int = 200  # steps between resumable checkpoints (and always at the end; 0 = only at the end)
     log_interval: int = 10  # steps between metrics.jsonl records (the final step is always logged)
     dtype: str = "auto"  # bf16 | fp32 | auto (bf16 autocast where the CPU/GPU supports it)
@@ -61,6 +63,8 @@ class TrainArgs:
         for key in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_interval", "eval_batches", "checkpoint_interval"):
             if getattr(self, key) < 0:
                 problems.append(f"{key}: must be >= 0")
+        if not 0 <= self.eval_samples <= MAX_EVAL_SAMPLES:
+            problems.append(f"eval_samples: must be between 0 and {MAX_EVAL_SAMPLES} (the fixed story beginnings there are)")
         return problems
 
     def resolved(self, max_steps: int, eval_batches_available: int) -> "TrainArgs":

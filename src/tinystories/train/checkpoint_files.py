@@ -11,10 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
-from tinystories.io.layout import TRAIN_STATE
+from tinystories.io.layout import METRICS_FILE, TRAIN_STATE
 from tinystories.io.resume import keep_rows
 
-METRICS_FILE = "metrics.jsonl"
 COMPLETE_MARKER = ".complete"
 
 
@@ -49,12 +48,15 @@ def _move_in(tmp: Path, out_dir: Path) -> None:
 def write_checkpoint(model, out_dir: Path, state: dict, tokenizer_dir, eos_token_id, extra: dict) -> None:
     import torch
 
+    from tinystories.publish.cards import publish_checkpoint
     from tinystories.train.model import save_hf
 
     tmp = tmp_dir(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_hf(model, tmp, tokenizer_dir=tokenizer_dir, eos_token_id=eos_token_id, extra=extra)
+    # The card reads the live metrics.jsonl: every step up to this checkpoint is logged there.
+    publish_checkpoint(tmp, metrics_path=out_dir / METRICS_FILE, name=out_dir.name)
     torch.save(state, tmp / TRAIN_STATE)
     for p in tmp.iterdir():
         with open(p, "rb") as fh:

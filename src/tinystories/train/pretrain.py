@@ -174,6 +174,11 @@ def _start_over_if_stale(out_dir, data_id: str, force: bool) -> None:
         resume_or_reset(info, data_id, force, [out_dir, tmp_dir(out_dir)], why="trained on other data (data/meta.json changed)", write_state=False)
 
 
+def _data_summary(meta: dict) -> dict:
+    """The training and validation stories and tokens of data/meta.json."""
+    return {f"{split}_{what}": meta[split][what] for split in ("train", "val") for what in ("stories", "tokens") if what in meta.get(split, {})}
+
+
 def run(cfg, rundir, force: bool = False) -> dict:
     import torch
 
@@ -221,7 +226,8 @@ def run(cfg, rundir, force: bool = False) -> dict:
             description=f"pretrain {size}",
             stage=NAME,
             # fingerprint: what io.resume compares on the next run (the data trained on).
-            extra={"size": size, "shape": shape.to_dict(), "settings": {**asdict(args), "seed": seed}, "data_id": data_id, "fingerprint": data_id},
+            extra={"stage": NAME, "size": size, "shape": shape.to_dict(), "settings": {**asdict(args), "seed": seed}, "data_id": data_id, "fingerprint": data_id,
+                   "data": _data_summary(meta)},  # the model card's data line
         )
         metrics[size] = {
             **{k: result.get(k) for k in ("train_loss", "val_loss", "val_bpb", "tokens_seen", "tokens_per_s", "steps", "dtype")},

@@ -229,6 +229,7 @@ def tune(name: str, src: str, job: dict, rundir, force: bool) -> dict:
             "fingerprint": fingerprint,
             "prompt_format": instruction_prompt("{instruction}") + "{story}" + EOS,
             "sft": trajectory,
+            "data": {"train_pairs": len(train_ex), "val_pairs": len(val_ex)},  # the model card's data line
         },
     )
     if state.is_main_process and sc.samples:

@@ -25,8 +25,10 @@ repeat the same communication grad_accum times).
 
 Files in `out_dir` (a Hugging Face save_pretrained directory once the first checkpoint lands):
 config.json, model.safetensors, tokenizer files, train_state.pt (optimizer, scheduler, step,
-RNG states, data position, tokens seen, settings), metrics.jsonl (one record per logged step),
-tb/ (TensorBoard); see checkpoint_files.py for how a checkpoint is written. A rerun resumes
+RNG states, data position, tokens seen, settings), metrics.jsonl (one record per logged step,
+every row with the same keys), tb/ (TensorBoard: `train/...` and `val/...` scalars, and
+`samples/N` text at each validation pass); see training_log.py for both logs and
+checkpoint_files.py for how a checkpoint is written. A rerun resumes
 from the last checkpoint (metrics past it are cut so the curve has no duplicate steps); a
 finished run is not trained again.
 """
@@ -40,15 +42,15 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Protocol
 
 from tinystories.errors import UserError
 from tinystories.train.args import TRAJECTORY_FIELDS, TrainArgs
-from tinystories.train.checkpoint_files import METRICS_FILE, load_state, load_weights, recover_checkpoint, truncate_metrics, write_checkpoint
+from tinystories.train.checkpoint_files import load_state, load_weights, recover_checkpoint, write_checkpoint
 from tinystories.train.hardware import autocast_context, bf16_supported, choose_dtype, has_accelerator, make_optimizer
+from tinystories.train.training_log import TextSamples, TrainingLog, metrics_row
 
 log = logging.getLogger("tinystories.train.trainer")
 
@@ -153,7 +155,8 @@ class TrainingRun:
         self.settings = {**dataclasses.asdict(args), "seed": seed}  # what train_state.pt records
         self.step = self.tokens_seen = 0
         self.train_time = 0.0
-        self.writer = self.tb = None
+        self.logs: TrainingLog | None = None  # the main process's metrics.jsonl and tb/
+        self.text_samples: TextSamples | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -207,27 +210,17 @@ class TrainingRun:
     def _open_logs(self) -> None:
         if not self.is_main:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
-        from tinystories.io.rundir import JsonlWriter
-
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(self.out_dir / METRICS_FILE, self.start_step)
-        if self.start_step == 0:
-            # Events of a run killed before its first checkpoint would duplicate steps.
-            shutil.rmtree(self.out_dir / "tb", ignore_errors=True)
-        self.writer = JsonlWriter(self.out_dir / METRICS_FILE, sync_every=10)
-        # purge_step drops TensorBoard events past the checkpoint, like truncate_metrics.
-        self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.start_step + 1 if self.start_step else None)
+        self.logs = TrainingLog(self.out_dir, self.start_step)
+        if self.args.eval_samples and self.export["tokenizer_dir"] is not None:
+            self.text_samples = TextSamples(self.export["tokenizer_dir"], self.export["eos_token_id"], self.args.eval_samples)
         log.info(
             "%s: %d process(es), device %s, dtype %s, compile %s, start at step %d",
             self.description, self.world, self.device, self.dtype, self.args.compile, self.start_step,
         )
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.tb.close()
+        if self.logs is not None:
+            self.logs.close()
 
     # -- counting -----------------------------------------------------------------------------------
 
@@ -275,7 +268,7 @@ class TrainingRun:
                     _debug_dump(debug_dir, self.rank, self.world, self.step, self.raw_model)
                 self.log_step(loss, nbytes, grad_norm, lr, val_source)
                 if bar is not None:
-                    bar.advance(1, loss=f"{self.last_train:.3f}", tok_s=f"{self.tok_s:.0f}")
+                    bar.advance(1, **self.bar_counters())
                 if self.step < a.max_steps and a.checkpoint_interval > 0 and self.step % a.checkpoint_interval == 0:
                     self.checkpoint(finished=False)
                     self.window_t = time.perf_counter()  # checkpoint time is not training throughput
@@ -293,6 +286,16 @@ class TrainingRun:
         if self.start_step < a.max_steps:
             self.checkpoint(finished=True, final_metrics=final)
         return final
+
+    def bar_counters(self) -> dict[str, str]:
+        """The progress bar's live counters: train loss and throughput, and the last
+        validation loss and bits per byte once there was a validation pass."""
+        counters = {"loss": f"{self.last_train:.3f}"}
+        if not math.isnan(self.last_val):
+            counters["val_loss"] = f"{self.last_val:.3f}"
+            counters["val_bpb"] = f"{self.last_val_bpb:.3f}"
+        counters["tok_s"] = f"{self.tok_s:.0f}"
+        return counters
 
     def train_step(self, train_source) -> tuple:
         """One optimizer step over grad_accum micro-batches: (this rank's share of the step's
@@ -322,7 +325,9 @@ class TrainingRun:
                     loss = self.fwd_model(x, labels=y, reduction="sum") / divisor
                 acc.backward(loss)
             loss_acc += loss.item() / self.world
-        grad_norm = acc.clip_grad_norm_(self.fwd_model.parameters(), a.grad_clip) if a.grad_clip > 0 else None
+        # The clip computes the global norm the log reports; grad_clip 0 (no clipping) still
+        # measures it, with a bound no norm reaches.
+        grad_norm = acc.clip_grad_norm_(self.fwd_model.parameters(), a.grad_clip if a.grad_clip > 0 else math.inf)
         lr = self.sched.get_last_lr()[0]
         self.opt.step()
         self.sched.step()
@@ -348,27 +353,36 @@ class TrainingRun:
         now = time.perf_counter()
         self.tok_s = self.window_tokens / max(1e-9, now - self.window_t)
         self.window_t, self.window_tokens = now, 0
-        rec = {
-            "step": step,
-            "train_loss": round(self.last_train, 6),
-            "train_bpb": round(self.last_train_bpb, 6),
-            "lr": lr,
-            "tokens": self.tokens_seen,
-            "tok_s": round(self.tok_s, 1),
-            "grad_norm": round(float(grad_norm), 4) if grad_norm is not None else None,
-            "time_s": round(self.train_time, 2),
-        }
+        val = {}
         if do_eval:
             self.last_val, self.last_val_bpb = self.validate(val_source)
-            rec["val_loss"] = round(self.last_val, 6)
-            rec["val_bpb"] = round(self.last_val_bpb, 6)
-            self.window_t = time.perf_counter()  # evaluation time is not training throughput
+            val = {"val_loss": round(self.last_val, 6), "val_bpb": round(self.last_val_bpb, 6)}
+        rec = metrics_row(
+            step=step,
+            train_loss=round(self.last_train, 6),
+            train_bpb=round(self.last_train_bpb, 6),
+            lr=lr,
+            tokens=self.tokens_seen,
+            tok_s=round(self.tok_s, 1),
+            grad_norm=round(float(grad_norm), 4),
+            time_s=round(self.train_time, 2),
+            **val,
+        )
         if self.is_main:
-            self.writer.write(rec)
-            for k in ("train_loss", "train_bpb", "lr", "tok_s", "val_loss", "val_bpb"):
-                if k in rec and rec[k] is not None and not (isinstance(rec[k], float) and math.isnan(rec[k])):
-                    self.tb.add_scalar(k, rec[k], step)
+            self.logs.write(rec)
+            if do_eval and self.text_samples is not None:
+                self.logs.samples(self.samples(), step)
             log.info("%s step %d %s", self.description, step, json.dumps(rec))
+        if do_eval:
+            self.window_t = time.perf_counter()  # evaluation and sampling time is not training throughput
+
+    def samples(self) -> list[str]:
+        """The text samples of this step (main process only: no other rank waits on them)."""
+        self.raw_model.eval()
+        with self.autocast():
+            texts = self.text_samples.generate(self.raw_model, self.device)
+        self.raw_model.train()
+        return texts
 
     # -- validate -----------------------------------------------------------------------------------
 

@@ -1,0 +1,180 @@
+"""Continuous batching in the embedded backend (llm.batch_size > 1, llm/embedded_batch.py).
+
+Real-model tests on smollm2-135m with short answers. On smollm2 (Q4_1) batched decoding is
+bit-identical to one sequence at a time (measured), so the unbatched path is the reference here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tinystories.errors import UserError
+from tinystories.llm import LLMConfig, Request, make_client
+from tinystories.llm.embedded import EmbeddedBackend
+
+from test_llm_embedded import MODEL, needs_model
+
+BATCH = 3
+QUESTIONS = [  # the first four end at EOS well within 40 tokens (greedy); the stories run to max_tokens
+    "What is 2+2? Answer with one number.",
+    "Say hi.",
+    "Reply with the word yes.",
+    "What colour is the sky? One word.",
+    "Write a long story about a dog.",
+    "Write a long story about a cat.",
+    "Write a long story about a bird.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYSTORIES_CACHE", str(tmp_path / "cache"))
+
+
+def _backend(batch_size: int, **cfg) -> EmbeddedBackend:
+    return EmbeddedBackend(LLMConfig(model=MODEL, n_ctx=512, batch_size=batch_size, **cfg))
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    """A batched backend and the unbatched one it is checked against."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYSTORIES_CACHE", str(tmp_path_factory.mktemp("cache")))
+        batched, single = _backend(BATCH), _backend(1)
+        yield batched, single
+        batched.close()
+        single.close()
+
+
+def _requests(temperature: float = 1.0, stop: tuple[str, ...] = ()) -> list[Request]:
+    # Different lengths, so sequences end at different steps and slots refill mid-batch.
+    return [
+        Request(key=f"q{i}", messages=({"role": "user", "content": q},), max_tokens=40 if i < 4 else 6 + 5 * i, temperature=temperature, seed=i, stop=stop)
+        for i, q in enumerate(QUESTIONS)
+    ]
+
+
+def _answers(backend, requests) -> dict:
+    client = make_client(backend.cfg, None, backend=backend)
+    responses = client.complete(requests)
+    assert client.stats.retries == 0, "no request timed out or was retried"
+    keys = [r.key for r in responses]
+    assert sorted(keys) == sorted(r.key for r in requests), "every request is answered exactly once"
+    return {r.key: (r.text, r.finish_reason, r.prompt_tokens, r.completion_tokens) for r in responses}
+
+
+@needs_model
+def test_batched_answers_are_complete_and_honour_limits(backends):
+    batched, _ = backends
+    requests = _requests(temperature=0.0)
+    answers = _answers(batched, requests)
+    for request in requests:
+        text, finish, prompt_tokens, completion_tokens = answers[request.key]
+        assert text.strip(), f"{request.key}: a reply"
+        assert prompt_tokens > 0, f"{request.key}: the prompt is counted"
+        assert completion_tokens <= request.max_tokens, f"{request.key}: max_tokens is honoured"
+        if finish == "length":
+            assert completion_tokens == request.max_tokens, f"{request.key}: cut off exactly at max_tokens"
+        else:
+            assert finish == "stop" and completion_tokens < request.max_tokens, f"{request.key}: ended by EOS before the limit"
+    assert [answers[f"q{i}"][1] for i in range(4)] == ["stop"] * 4, "the short questions end at EOS"
+    assert [answers[f"q{i}"][1] for i in range(4, 7)] == ["length"] * 3, "the stories run to max_tokens"
+
+
+@needs_model
+def test_batched_answers_equal_unbatched_ones_on_smollm2(backends):
+    batched, single = backends
+    for temperature in (0.0, 1.0):
+        requests = _requests(temperature)
+        assert _answers(batched, requests) == _answers(single, requests), f"temperature {temperature}: same text, finish and counts"
+
+
+@needs_model
+def test_stop_strings_and_completion_mode_match_unbatched(backends):
+    batched, single = backends
+    stopped = _requests(temperature=1.0, stop=(".",))
+    got = _answers(batched, stopped)
+    assert got == _answers(single, stopped), "stop strings end a batched answer where they end an unbatched one"
+    assert any(finish == "stop" and "." not in text for text, finish, _, _ in got.values()), "a stop string ended an answer, and is cut off"
+
+    prompts = [Request(key=f"p{i}", prompt=f"Once upon a time, there was a little {w}", max_tokens=8 + i, temperature=1.0, seed=i)
+               for i, w in enumerate(["dog", "cat", "bird", "frog"])]  # fmt: skip
+    for backend in backends:
+        backend.cfg.mode = "completion"
+    try:
+        assert _answers(batched, prompts) == _answers(single, prompts), "completion mode: same tokens, same answers"
+    finally:
+        for backend in backends:
+            backend.cfg.mode = "chat"
+
+
+@needs_model
+def test_same_config_and_seed_give_the_same_text_across_runs(backends):
+    batched, _ = backends
+    requests = _requests(temperature=1.0)
+    first = _answers(batched, requests)
+    fresh = _backend(BATCH)
+    try:
+        assert _answers(fresh, requests) == first, "a fresh backend with the same config gives the same answers"
+    finally:
+        fresh.close()
+    assert len({text for text, *_ in first.values()}) == len(requests), "different seeds and prompts, different answers"
+
+
+@needs_model
+def test_finished_slots_take_the_next_request(backends, monkeypatch):
+    from tinystories.llm.embedded_batch import BatchDecoder
+
+    busy_per_step, started = [], []
+    real_step, real_start = BatchDecoder._step, BatchDecoder._start
+
+    def step(self):
+        busy_per_step.append(self._busy())
+        return real_step(self)
+
+    def start(self, slot, job):
+        started.append((job.request.key, len(busy_per_step)))
+        return real_start(self, slot, job)
+
+    monkeypatch.setattr(BatchDecoder, "_step", step)
+    monkeypatch.setattr(BatchDecoder, "_start", start)
+    batched, _ = backends
+    requests = _requests(temperature=1.0)
+    _answers(batched, requests)
+    assert max(busy_per_step) == BATCH, "never more sequences than llm.batch_size"
+    assert busy_per_step[0] == BATCH, "the first step already decodes a full batch"
+    assert [key for key, _ in started] == [r.key for r in requests], "requests start in the order they were sent"
+    late = [at for key, at in started[BATCH:]]
+    assert late and all(0 < at < len(busy_per_step) for at in late), "the later requests start mid-run, in freed slots"
+    assert set(busy_per_step[: late[-1]]) == {BATCH}, "while requests wait, a freed slot is refilled before the next step"
+
+
+@needs_model
+def test_logprob_requests_and_failures_in_a_batched_backend(backends):
+    batched, single = backends
+    scored = Request(key="lp", messages=({"role": "user", "content": "Name a colour."},), max_tokens=6, temperature=0.0, top_logprobs=2)
+    too_long = Request(key="long", messages=({"role": "user", "content": "cat " * 600},), max_tokens=8)
+    client = make_client(batched.cfg, None, backend=batched)
+    responses = {r.key: r for r in client.complete([scored, too_long, *_requests(temperature=1.0)[:4]])}
+    assert len(responses[scored.key].logprobs) == responses[scored.key].completion_tokens == 6, "log-probabilities come through the unbatched path"
+    assert responses[too_long.key].error.startswith("request: prompt does not fit llm.n_ctx=512"), "a too long prompt fails alone"
+    assert all(responses[f"q{i}"].ok for i in range(4)), "the other requests are answered"
+
+    with pytest.raises(UserError, match="llm.mode: chat mode needs messages"):
+        asyncio.run(batched.generate(Request(key="p", prompt="Hello", max_tokens=2)))
+
+
+def test_batch_size_is_part_of_the_identity_only_when_batched():
+    single = EmbeddedBackend(LLMConfig(model=MODEL)).identity()
+    batched = EmbeddedBackend(LLMConfig(model=MODEL, batch_size=8)).identity()
+    assert "batch_size" not in single, "batch_size 1 keeps the unbatched identity (and its cache)"
+    assert batched["batch_size"] == 8, "a batched answer is cached per batch size"
+    assert {k: v for k, v in batched.items() if k != "batch_size"} == single, "nothing else changes"
+    assert EmbeddedBackend(LLMConfig(model=MODEL, batch_size=8)).max_concurrency == 8, "the client keeps every slot busy"
+
+
+def test_batch_size_below_one_is_a_config_problem():
+    assert any(p.startswith("batch_size:") for p in LLMConfig(batch_size=0).check()), "batch_size 0 is refused"
+    assert not any(p.startswith("batch_size:") for p in LLMConfig(batch_size=16).check()), "16 is fine"
