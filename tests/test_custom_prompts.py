@@ -1,6 +1,7 @@
-"""Your own story and summary prompts (generate.prompt_path, instruct_data.summary_prompt_path):
-checked when the config loads, used by the stages, part of every cache key and fingerprint; and
-the Spanish worked example of configs/spanish.yaml."""
+"""Your own story, summary and grading prompts (generate.prompt_path,
+instruct_data.summary_prompt_path, judge.template_path): checked when the config loads, used by
+the stages, part of every cache key and fingerprint; and the Spanish worked example of
+configs/spanish.yaml."""
 
 from __future__ import annotations
 
@@ -94,14 +95,6 @@ BAD_STORY_FILES = [
 ]
 
 
-@pytest.mark.parametrize("text, problem", BAD_STORY_FILES)
-def test_a_broken_story_file_is_named_with_its_fix(tmp_path, text, problem):
-    path = story_file(tmp_path, text)
-    with pytest.raises(UserError, match=problem) as exc:
-        P.story_template(path)
-    assert str(path) in str(exc.value), "the error names the file"
-
-
 def test_a_file_that_cannot_be_read_is_one_line_naming_the_option(tmp_path):
     cases = [
         (tmp_path / "nope.txt", "prompt file not found"),
@@ -181,17 +174,11 @@ def test_a_relative_path_is_kept_absolute_so_the_run_loads_from_anywhere(run_dir
 # --- the summary prompt file -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, problem", [
+BAD_SUMMARY_FILES = [
     ("Say what happens:\n\nstory\n", r"lacks \{story\}"),
     ("Say what happens in {story} to {name}.\n", r"unknown placeholder\(s\) \{name\}"),
     ("# version: x\n# only comments\n", r"lacks \{story\}"),
-])  # fmt: skip
-def test_a_broken_summary_file_is_named_with_its_fix(tmp_path, text, problem):
-    path = write(tmp_path, "summary.txt", text)
-    with pytest.raises(UserError, match=problem) as exc:
-        P.summary_template(path)
-    assert str(path) in str(exc.value), "the error names the file"
-
+]
 
 def test_instruct_data_asks_with_the_summary_file_and_reruns_when_it_changes(tmp_path, capsys):
     run = tmp_path / "run"
@@ -216,6 +203,56 @@ def test_instruct_data_asks_with_the_summary_file_and_reruns_when_it_changes(tmp
     assert "instruct_data.summary_prompt_path" in err and "lacks {story}" in err and len(err.splitlines()) == 1, err
 
 
+# --- the judge's grading prompts -------------------------------------------------------------
+
+JUDGE = """version: mine-v1
+system: You grade stories.
+continue:
+Beginning and completion: {beginning} ***{completion}
+Grade the part after ***.
+instruct:
+Instruction, then story: {beginning}
+***{completion}
+Grade how well the story follows the instruction.
+"""
+
+
+def test_a_judge_file_holds_both_requests_and_gets_the_reply_format(tmp_path):
+    t = P.judge_template(write(tmp_path, "judge.txt", JUDGE))
+    assert t["system"] == "You grade stories."
+    assert t["version"].startswith("mine-v1+") and t["version"] != P.JUDGE_TEMPLATE_VERSION
+    continued = P.judge_prompt("continue", "Tom saw a ", " dog.", t)
+    assert continued.startswith("Beginning and completion: Tom saw a *** dog.\nGrade the part after ***.")
+    assert continued.endswith(P.JUDGE_REPLY_FORMAT), "the reply format is always the toolkit's, so every reply parses"
+    assert P.judge_prompt("instruct", "Words: dog", " A dog.", t).startswith("Instruction, then story: Words: dog\n*** A dog.")
+    assert P.judge_completion_prompt("X", t["system"]) == f"You grade stories.\n\nX\n\n{P.JUDGE_REPLY_START}"
+    shipped = P.judge_template()
+    assert P.judge_prompt("continue", "a", "b", shipped) == P.judge_prompt("continue", "a", "b"), "no template: the shipped prompts"
+
+
+BAD_JUDGE_FILES = [
+    (JUDGE.replace(" ***{completion}\nGrade the part", " ***\nGrade the part"), r"the continue request lacks \{completion\}"),
+    (JUDGE.replace("Grade how well", "Grade {how} well"), r"unknown placeholder\(s\) \{how\} in the instruct request"),
+    (JUDGE.split("instruct:")[0], "no `instruct:` request"),
+    (JUDGE + "continue:\nagain {beginning} {completion}\n", "a second `continue:` line"),
+    (JUDGE.replace("system:", "sistema:"), r"judge.txt:2: 'sistema: You grade stories.' is not `version: ...` or `system: ...`"),
+    (JUDGE.replace("Grade the part", "Grade {the part"), "stray brace"),
+]
+
+
+@pytest.mark.parametrize(
+    "load, name, text, problem",
+    [(P.story_template, "story.txt", *case) for case in BAD_STORY_FILES]
+    + [(P.summary_template, "summary.txt", *case) for case in BAD_SUMMARY_FILES]
+    + [(P.judge_template, "judge.txt", *case) for case in BAD_JUDGE_FILES],
+)
+def test_a_broken_prompt_file_is_named_with_its_fix(tmp_path, load, name, text, problem):
+    path = write(tmp_path, name, text)
+    with pytest.raises(UserError, match=problem) as exc:
+        load(path)
+    assert str(path) in str(exc.value), "the error names the file"
+
+
 # --- the worked example: Spanish -------------------------------------------------------------
 
 
@@ -231,6 +268,9 @@ def test_the_spanish_example_loads_and_renders_in_spanish(monkeypatch):
     assert 'el verbo "saltar", el sustantivo "perro" y el adjetivo "feliz"' in prompt
     assert "al menos un diálogo" in prompt
     assert P.summary_prompt("Había una vez un perro.", P.summary_template(cfg.instruct_data.summary_prompt_path)[0]).endswith("Había una vez un perro.\n\nEn resumen:\n")
+    judge = cfg.judge.template()
+    assert judge["system"].startswith("Eres una maestra") and judge["continue"].endswith(P.JUDGE_REPLY_FORMAT)
+    assert "{beginning} ***{completion}" in open(cfg.judge.template_path, encoding="utf-8").read(), "Figure 3's separator, as the shipped prompt"
 
 
 def test_vocabulary_words_may_have_accents_but_not_capitals(tmp_path):
@@ -257,3 +297,46 @@ def test_one_real_spanish_story_from_the_embedded_model(tmp_path, monkeypatch):
     metrics = json.loads((run / "manifest.json").read_text())["stages"]["generate"]["metrics"]
     assert metrics["backend_calls"] == 1, "one real request"
     assert metrics["template_version"].startswith("story-es-v1+"), "the Spanish prompt was used"
+
+
+def test_the_judge_grades_with_the_file_and_regrades_when_it_changes(tmp_path, capsys):
+    from test_judge import judge_args, make_eval_run, reply
+
+    run = make_eval_run(tmp_path)
+    path = write(tmp_path, "judge.txt", JUDGE)
+    backend = register_scripted(ScriptedBackend(lambda request: reply(7, 6, 5)))
+    args = judge_args(run, "--set", f"judge.template_path={path}", "--set", "judge.scoring=sampled")
+    assert main(args) == 0
+    assert {r.messages[0]["content"] for r in backend.calls} == {"You grade stories."}, "the file's system line"
+    users = [r.messages[-1]["content"] for r in backend.calls]
+    assert all(u.startswith(("Beginning and completion: ", "Instruction, then story: ")) for u in users), "the file's requests"
+    assert all(u.endswith(P.JUDGE_REPLY_FORMAT) for u in users)
+    version = P.judge_template(path)["version"]
+    assert {r.template_version for r in backend.calls} == {version}
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["judge"]["template_version"] == version, "the report names the prompts that graded"
+
+    first = len(backend.calls)
+    path.write_text(JUDGE.replace("Grade the part after ***.", "Grade the part after the stars."))
+    assert main(args) == 0
+    assert len(backend.calls) == 2 * first, "an edited file regrades everything: no judgment of the old prompt is reused"
+
+    path.write_text(JUDGE.replace("{completion}", "{answer}"))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "judge.template_path" in err and "lacks {completion}" in err and len(err.splitlines()) == 1, err
+
+
+def test_expected_scoring_reads_the_files_prompts_too(tmp_path):
+    from test_judge import completion_judge_args, forced_judge, make_eval_run
+
+    run = make_eval_run(tmp_path)
+    continue_body, instruct_body = (t[: -len(P.JUDGE_REPLY_FORMAT)].strip() for t in (P.JUDGE_CONTINUE_TEMPLATE, P.JUDGE_INSTRUCT_TEMPLATE))
+    path = write(tmp_path, "judge.txt", f"system: You grade stories.\ncontinue:\nKindly: {continue_body}\ninstruct:\nKindly: {instruct_body}\n")
+    backend = register_scripted(ScriptedBackend(forced_judge))
+    assert main(completion_judge_args(run, "--set", f"judge.template_path={path}", "--set", "judge.scoring=expected")) == 0
+    graded = [r for r in backend.calls if r.key != "judge|logprobs-probe"]
+    assert graded, "the judge was asked"
+    assert all(r.prompt.startswith("You grade stories.\n\nKindly: ") for r in graded), "forced prompts use the file's system line and requests"
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["judge"]["scoring"] == "expected" and scores["totals"]["failed"] == 0, "the appended reply format is what expected scoring forces"

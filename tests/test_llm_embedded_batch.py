@@ -123,32 +123,61 @@ def test_same_config_and_seed_give_the_same_text_across_runs(backends):
     assert len({text for text, *_ in first.values()}) == len(requests), "different seeds and prompts, different answers"
 
 
-@needs_model
-def test_finished_slots_take_the_next_request(backends, monkeypatch):
+@pytest.fixture
+def schedule(monkeypatch):
+    """Records what the decode loop does: the busy slots at each step, and at which step each request started."""
     from tinystories.llm.embedded_batch import BatchDecoder
 
-    busy_per_step, started = [], []
+    record = {"busy": [], "started": []}
     real_step, real_start = BatchDecoder._step, BatchDecoder._start
 
     def step(self):
-        busy_per_step.append(self._busy())
+        record["busy"].append(self._busy())
         return real_step(self)
 
     def start(self, slot, job):
-        started.append((job.request.key, len(busy_per_step)))
+        record["started"].append((job.request.key, slot, len(record["busy"])))
         return real_start(self, slot, job)
 
     monkeypatch.setattr(BatchDecoder, "_step", step)
     monkeypatch.setattr(BatchDecoder, "_start", start)
+    return record
+
+
+@needs_model
+def test_finished_slots_take_the_next_request(backends, schedule):
     batched, _ = backends
     requests = _requests(temperature=1.0)
     _answers(batched, requests)
-    assert max(busy_per_step) == BATCH, "never more sequences than llm.batch_size"
-    assert busy_per_step[0] == BATCH, "the first step already decodes a full batch"
-    assert [key for key, _ in started] == [r.key for r in requests], "requests start in the order they were sent"
-    late = [at for key, at in started[BATCH:]]
-    assert late and all(0 < at < len(busy_per_step) for at in late), "the later requests start mid-run, in freed slots"
-    assert set(busy_per_step[: late[-1]]) == {BATCH}, "while requests wait, a freed slot is refilled before the next step"
+    busy, started = schedule["busy"], schedule["started"]
+    assert max(busy) == BATCH, "never more sequences than llm.batch_size"
+    assert busy[0] == BATCH, "the first step already decodes a full batch"
+    assert [key for key, _, _ in started] == [r.key for r in requests], "requests start in the order they were sent"
+    late = [at for _, _, at in started[BATCH:]]
+    assert late and all(0 < at < len(busy) for at in late), "the later requests start mid-run, in freed slots"
+    assert set(busy[: late[-1]]) == {BATCH}, "while requests wait, a freed slot is refilled before the next step"
+
+
+@needs_model
+def test_the_schedule_does_not_depend_on_the_callers_timing(backends, schedule):
+    """Batched answers can depend on what is decoded beside them (not on smollm2, so the texts cannot
+    show it): the batches themselves must follow from the requests, even when the caller is slow."""
+    import time
+
+    batched, _ = backends
+    requests = _requests(temperature=1.0)
+    _answers(batched, requests)
+    quick = {k: list(v) for k, v in schedule.items()}
+    for v in schedule.values():
+        v.clear()
+
+    def slow_validator(response):
+        time.sleep(0.05)  # the caller's own work between an answer and its next request
+        return response.text
+
+    client = make_client(batched.cfg, None, backend=batched)
+    client.complete(requests, validate=slow_validator)
+    assert schedule == quick, "the same slots, the same steps, the same batches"
 
 
 @needs_model

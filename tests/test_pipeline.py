@@ -228,6 +228,18 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _parse(path: Path) -> ast.AST:
+    # CPython 3.11 can fail an ast.parse that a garbage collection interrupts (a finaliser of an
+    # unawaited coroutine from an earlier test): the collector waits for the parse.
+    import gc
+
+    gc.disable()
+    try:
+        return ast.parse(path.read_text(encoding="utf-8"))
+    finally:
+        gc.enable()
+
+
 def _runtime_nodes(tree: ast.AST):
     """Every node except those under `if TYPE_CHECKING:` (type-only imports never run)."""
     stack = [tree]
@@ -244,7 +256,7 @@ def _runtime_nodes(tree: ast.AST):
 def _imports(path: Path, known: set[str]) -> set[str]:
     """Every tinystories module `path` imports at run time, at any depth of the file (lazy
     imports inside functions count; imports only for type checkers do not)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _parse(path)
     this = _module_name(path)
     package = this if path.name == "__init__.py" else this.rsplit(".", 1)[0]
     out = set()
@@ -308,7 +320,7 @@ def test_stage_modules_read_only_declared_sections():
     """Static twin of Config.view: every `cfg.SECTION` a stage module names is its own or in USES."""
     sections = set(registry.config_sections())
     for stage in registry.STAGES:
-        tree = ast.parse(Path(stage.module.__file__).read_text(encoding="utf-8"))
+        tree = _parse(Path(stage.module.__file__))
         read = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cfg" and node.attr in sections:

@@ -27,7 +27,7 @@ from typing import Callable
 
 from tinystories.errors import UserError
 from tinystories.eval.grading import CATEGORIES, age_distribution, expected_grade, grade_distribution, likeliest_age_group, needs_split_of_one
-from tinystories.text.prompts import JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_forced_reply, judge_prompt
+from tinystories.text.prompts import JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_forced_reply, judge_prompt, judge_template
 
 SLOTS = (*CATEGORIES, "age_group")
 ASSESSMENT_STOPS = ("\nGrammar", "\n**Grammar")  # the assessment ends where the judge starts its grade lines
@@ -56,6 +56,7 @@ class Settings:
     temperature: float  # the assessment's sampling temperature
     top_logprobs: int  # tokens read at each grade position
     min_mass: float  # below this probability on valid grades (or letters) a grade is a failure
+    template: dict | None = None  # the grading prompts (text/prompts.judge_template); None = the shipped ones
 
 
 @dataclass
@@ -190,7 +191,9 @@ def position_validator(who: str) -> Callable:
 
 def start(item: dict, settings: Settings, seed: int) -> ForcedJudgment:
     src = item["source"]
-    return ForcedJudgment(item=item, prompt=judge_completion_prompt(judge_prompt(src["task"], src["prompt"], item["text"])), seed=seed, settings=settings)
+    template = settings.template or judge_template()
+    prompt = judge_completion_prompt(judge_prompt(src["task"], src["prompt"], item["text"], template), template["system"])
+    return ForcedJudgment(item=item, prompt=prompt, seed=seed, settings=settings)
 
 
 def run_rounds(client, judgments: list[ForcedJudgment], who: str, on_finished: Callable[[ForcedJudgment], None]) -> None:

@@ -225,7 +225,7 @@ def build_scores(completions: list[dict], records: list[dict], settings: dict, p
     main = [r for r in records if r["role"] == "main"]
     n_failed = sum(1 for r in main if not r["ok"])
     return {
-        "judge": {**settings, "template_version": JUDGE_TEMPLATE_VERSION},
+        "judge": {**settings, "template_version": settings.get("template", JUDGE_TEMPLATE_VERSION)},  # a judge.template_path file's own version
         "age_groups": AGE_GROUPS,
         "models": model_scores(completions, main),
         "totals": {"requests": len(records), "judged": len(main) - n_failed, "failed": n_failed, "failure_reasons_all_roles": _count(r["error"] for r in records if not r["ok"])},

@@ -2,7 +2,8 @@
 
     tinystories judge --run-dir runs/quickstart [--set judge.llm.model=... --set judge.reference=none]
 
-The grading prompt follows the paper (text/prompts.py, judge section): the story's beginning,
+The grading prompt follows the paper (text/prompts.py, judge section; your own with
+`judge.template_path`, README "Custom prompts"): the story's beginning,
 then `***`, then the student's completion; the judge writes an assessment of the part after
 `***`, then grades it out of 10 for grammar, creativity, consistency with the beginning (for an
 instruction-following completion the "beginning" is the instruction) and whether the plot makes
@@ -84,7 +85,7 @@ from tinystories.io.layout import COMPLETIONS, JUDGMENTS, LLM_CACHE_DIR, SCORES,
 from tinystories.io.resume import keep_rows
 from tinystories.io.rundir import JsonlWriter, RunDir, read_jsonl, write_json
 from tinystories.pipeline.ids import derive_seed
-from tinystories.text.prompts import JUDGE_REPLY_START, JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_prompt
+from tinystories.text.prompts import JUDGE_REPLY_START, absolute_prompt_path, judge_completion_prompt, judge_prompt, judge_template, prompt_file_inputs
 
 NAME = "judge"
 SECTION = "judge"
@@ -114,9 +115,21 @@ class Config:
     scoring: str = "auto"  # expected (grade = expected value of the judge's grade-token distribution) | sampled (parse the written grade) | auto (expected for a completion-mode judge that returns log-probabilities, else sampled)
     top_logprobs: int = 20  # expected scoring: most likely tokens read at each grade position
     min_grade_mass: float = 0.5  # expected scoring: a grade with less probability than this on 1..10 (or A-F) is a failure
+    template_path: str = ""  # your grading prompts, a text file with a system line and `continue:` / `instruct:` requests using {beginning} and {completion} (README "Custom prompts"), relative to the current directory; empty = the paper's (text/prompts.py)
+
+    def __post_init__(self) -> None:
+        self.template_path = absolute_prompt_path(self.template_path)
+
+    def template(self) -> dict:
+        """The grading prompts: the shipped ones or the file's (text/prompts.judge_template)."""
+        return judge_template(self.template_path)
 
     def check(self) -> list[str]:
         problems = []
+        try:
+            self.template()
+        except UserError as exc:
+            problems.append(f"template_path: {exc}")
         if self.max_tokens < 16:
             problems.append("max_tokens: must be at least 16 (the reply holds an assessment and four grades)")
         if self.temperature < 0:
@@ -157,7 +170,7 @@ def inputs(cfg) -> list[str]:
         out.append(STORIES)
     if cfg.judge.originals == "heldout":
         out.append(VAL_STORIES)
-    return out
+    return out + prompt_file_inputs(cfg.judge.template_path)
 
 
 def outputs(cfg) -> list[str]:
@@ -214,11 +227,12 @@ def make_request(item: dict, c: Config, mode: str, stage_seed: int):
     from tinystories.llm import Request
 
     src = item["source"]
-    user = judge_prompt(src["task"], src["prompt"], item["text"])
-    common = dict(key=item["key"], max_tokens=c.max_tokens, temperature=c.temperature, seed=derive_seed(stage_seed, item["key"]), template_version=JUDGE_TEMPLATE_VERSION)
+    template = c.template()
+    user = judge_prompt(src["task"], src["prompt"], item["text"], template)
+    common = dict(key=item["key"], max_tokens=c.max_tokens, temperature=c.temperature, seed=derive_seed(stage_seed, item["key"]), template_version=template["version"])
     if mode == "completion":
-        return Request(prompt=judge_completion_prompt(user), **common)
-    return Request(messages=({"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}), **common)
+        return Request(prompt=judge_completion_prompt(user, template["system"]), **common)
+    return Request(messages=({"role": "system", "content": template["system"]}, {"role": "user", "content": user}), **common)
 
 
 def reply_validator(mode: str) -> Callable:
@@ -252,22 +266,24 @@ def judgment_record(item: dict, value: dict | None, error: str | None, meta: dic
         "error": error,
         **{k: meta.get(k) for k in ("judge_model", "judge_backend", "seed", "attempts")},
         "fingerprint": item["fingerprint"],
+        # Present in every row (null where absent) so the file keeps one schema.
+        "assessment": None,
+        "reply": None,
+        "age_group_error": None,
+        "distributions": None,
+        "text": item["text"] if item["role"] in ("damaged", "original") else None,  # not in completions.jsonl: kept so the pair can be read
+        "prompt": src["prompt"] if item["role"] == "original" else None,
     }
     if error is None:
         rec["grades"] = {k: value[k] for k in CATEGORIES}
         rec["age_group"] = value["age_group"]
-        if value.get("age_group_error"):
-            rec["age_group_error"] = value["age_group_error"]  # expected scoring: the grades stand without it
+        rec["age_group_error"] = value.get("age_group_error")  # expected scoring: the grades stand without it
         rec["assessment"] = value["assessment"][:2000]
     elif reply is not None:
         rec["reply"] = reply[:2000]  # kept so a failure can be inspected
     if value is not None and "distributions" in value:
         # expected scoring: per category, grade -> probability (a failure keeps those it read, and the one that failed)
         rec["distributions"] = value["distributions"]
-    if item["role"] in ("damaged", "original"):
-        rec["text"] = item["text"]  # not in completions.jsonl: kept so the pair can be read
-    if item["role"] == "original":
-        rec["prompt"] = src["prompt"]
     return rec
 
 
@@ -290,7 +306,7 @@ def send_sampled(client, todo: list[dict], record: Callable, c: Config, mode: st
 
 def send_expected(client, todo: list[dict], record: Callable, c: Config, stage_seed: int) -> list[str]:
     """Judge `todo` by expected scoring (eval/expected.py); the same contract as `send_sampled`."""
-    settings = expected.Settings(max_tokens=c.max_tokens, temperature=c.temperature, top_logprobs=c.top_logprobs, min_mass=c.min_grade_mass)
+    settings = expected.Settings(max_tokens=c.max_tokens, temperature=c.temperature, top_logprobs=c.top_logprobs, min_mass=c.min_grade_mass, template=c.template())
     judgments = [expected.start(item, settings, derive_seed(stage_seed, item["key"])) for item in todo]
     transport: list[str] = []
 
@@ -350,7 +366,7 @@ def score_run(cfg, rundir: RunDir, completions: list[dict], graded: list[dict], 
 
 def judge_settings(client, c: Config, mode: str, scoring: str) -> dict:
     """What every judgment depends on besides its texts (part of its fingerprint, and of scores.json)."""
-    settings = {"judge": client.describe(), "template": JUDGE_TEMPLATE_VERSION, "max_tokens": c.max_tokens, "temperature": c.temperature, "mode": mode, "scoring": scoring}
+    settings = {"judge": client.describe(), "template": c.template()["version"], "max_tokens": c.max_tokens, "temperature": c.temperature, "mode": mode, "scoring": scoring}
     if scoring == "expected":
         settings.update(top_logprobs=c.top_logprobs, min_grade_mass=c.min_grade_mass)
     return settings

@@ -20,7 +20,7 @@ class LLMConfig:
     base_urls: list[str] = field(default_factory=list)  # openai: endpoint(s), e.g. http://127.0.0.1:8000/v1; load is spread over all of them
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (the key itself is never stored)
     mode: str = "chat"  # chat (messages) | completion (plain prompt)
-    concurrency: int = 16  # requests in flight at once (embedded runs one at a time)
+    concurrency: int = 16  # requests in flight at once (embedded: at most llm.batch_size)
     requests_per_minute: float = 0.0  # client-side rate limit; 0 = none
     tokens_per_minute: float = 0.0  # client-side token budget per minute (prompt + max new tokens); 0 = none
     timeout_s: float = 120.0  # per request
@@ -33,14 +33,13 @@ class LLMConfig:
     max_tokens_total: int = 0  # stop a stage before its backend calls could use more prompt + completion tokens than this, per run of the stage; 0 = no cap
     n_ctx: int = 4096  # embedded: context window
     n_threads: int = 0  # embedded: CPU threads, 0 = all cores
+    batch_size: int = 1  # embedded: requests decoded together (continuous batching; >1 is part of the cache identity, see README); 1 = one at a time
     # How hard to push the backend and what it costs, not what it answers: changing these never
     # makes a stage's outputs stale (Config.hash leaves them out).
     NOT_IN_HASH: ClassVar[tuple[str, ...]] = (
         "api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute", "timeout_s", "max_retries", "backoff_s",
         "price_prompt_per_1k", "price_completion_per_1k", *SPEND_CAPS, "n_threads",
     )
-
-    batch_size: int = 1  # embedded: requests decoded together (continuous batching; >1 is part of the cache identity, see README); 1 = one at a time
 
     def check(self) -> list[str]:
         problems = []

@@ -17,6 +17,21 @@ _FIELD_LINE = re.compile(r"^\s+(?P<name>\w+)\s*:\s*[^=#]+?(?:=.*?)?\s*#\s*(?P<do
 # Cached: the source does not change within a process, and re-parsing it on every parser build
 # hit a CPython 3.11.7 bug (SystemError "AST constructor recursion depth mismatch") after a stage
 # was interrupted (tests/test_judge.py::test_judge_resumes_and_skips_done_requests).
+def _source_without_gc(klass: type) -> str:
+    # inspect.getsource parses the file with `ast`; CPython 3.11 can raise "AST constructor
+    # recursion depth mismatch" when a garbage collection runs a finaliser mid-parse (seen when
+    # an unawaited coroutine is collected), so the collector waits for the parse.
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return inspect.getsource(klass)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> its trailing `# comment` in the dataclass source (inherited fields too)."""
@@ -25,7 +40,7 @@ def field_docs(cls: type) -> dict[str, str]:
         if not dataclasses.is_dataclass(klass):
             continue
         try:
-            source = inspect.getsource(klass)
+            source = _source_without_gc(klass)
         except (OSError, TypeError):
             continue
         for line in source.splitlines():

@@ -117,6 +117,18 @@ def _placeholder_list(names) -> str:
     return ", ".join("{" + n + "}" for n in names)
 
 
+def _check_placeholders(text: str, where: str, what: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> set[str]:
+    """The placeholders of `text` (`what`, for the message), all of `required` and none but `allowed`."""
+    fields = _format_fields(text, where, what)
+    missing = [p for p in required if p not in fields]
+    if missing:
+        raise UserError(f"{where}: {what} lacks {_placeholder_list(missing)}; it must hold {_placeholder_list(required)}")
+    unknown = sorted(fields - set(allowed))
+    if unknown:
+        raise UserError(f"{where}: unknown placeholder(s) {_placeholder_list(unknown)} in {what}; use only {_placeholder_list(allowed)}")
+    return fields
+
+
 def story_template(path: str | Path = "") -> dict:
     """The versioned story prompt: {version, features: {name: sentence}, features_sentence, text}.
     `path`: a user's file in resources/prompts/story.txt's format; empty = the paper's prompt."""
@@ -155,13 +167,7 @@ def _parse_story_template(raw: str, where: str) -> dict:
 def _check_story_template(t: dict, where: str) -> None:
     if not t.get("text"):
         raise UserError(f"{where}: no prompt; put a line `template:` and the story prompt after it")
-    fields = _format_fields(t["text"], where, "the template")
-    missing = [p for p in STORY_WORD_PLACEHOLDERS if p not in fields]
-    if missing:
-        raise UserError(f"{where}: the template lacks {_placeholder_list(missing)}; the prompt must ask for the drawn {_placeholder_list(STORY_WORD_PLACEHOLDERS)}")
-    unknown = sorted(fields - set(STORY_PLACEHOLDERS))
-    if unknown:
-        raise UserError(f"{where}: unknown placeholder(s) {_placeholder_list(unknown)} in the template; use only {_placeholder_list(STORY_PLACEHOLDERS)}")
+    fields = _check_placeholders(t["text"], where, "the template", STORY_WORD_PLACEHOLDERS, STORY_PLACEHOLDERS)
     if not t["features"]:
         return  # a prompt without features: generate.features must then be empty (its check says so)
     if "features_sentence" not in fields:
@@ -263,15 +269,62 @@ Then grade the story with a whole number from 1 (very poor) to 10 (excellent) fo
 """ + JUDGE_REPLY_FORMAT
 
 
-def judge_prompt(task: str, beginning: str, completion: str) -> str:
-    """The grading request for one completion: a story beginning (task "continue") or an instruction."""
-    template = JUDGE_INSTRUCT_TEMPLATE if task == "instruct" else JUDGE_CONTINUE_TEMPLATE
-    return template.format(beginning=beginning.rstrip(), completion=completion)
+def judge_prompt(task: str, beginning: str, completion: str, template: dict | None = None) -> str:
+    """The grading request for one completion: a story beginning (task "continue") or an
+    instruction, in the shipped prompts or in `template` (a `judge_template(path)`)."""
+    t = template or judge_template()
+    return t["instruct" if task == "instruct" else "continue"].format(beginning=beginning.rstrip(), completion=completion)
 
 
-def judge_completion_prompt(user: str) -> str:
+def judge_completion_prompt(user: str, system: str = JUDGE_SYSTEM) -> str:
     """The same request as one raw text, for a judge used in completion mode (no chat roles)."""
-    return f"{JUDGE_SYSTEM}\n\n{user}\n\n{JUDGE_REPLY_START}"
+    return f"{system}\n\n{user}\n\n{JUDGE_REPLY_START}"
+
+
+# A user's grading prompts (judge.template_path), e.g. in another language: one file with the
+# system line and both requests, each with the shipped ones' placeholders. The reply-format block
+# is not the user's: it is appended to each request, so that every reply parses and expected
+# scoring can force its lines whatever the prompt's language.
+JUDGE_PLACEHOLDERS = ("beginning", "completion")
+JUDGE_TASKS = ("continue", "instruct")
+
+
+def judge_template(path: str | Path = "") -> dict:
+    """{version, system, continue, instruct}: the shipped grading prompts, or a user's file."""
+    if not path:
+        return {"version": JUDGE_TEMPLATE_VERSION, "system": JUDGE_SYSTEM, "continue": JUDGE_CONTINUE_TEMPLATE, "instruct": JUDGE_INSTRUCT_TEMPLATE}
+    return _parse_judge_template(read_prompt_file(path, "judge.template_path"), str(path))
+
+
+@lru_cache(maxsize=8)
+def _parse_judge_template(raw: str, where: str) -> dict:
+    """The judge file's rules: `#` comments, blank lines, `version:` and `system:` lines, then a
+    line `continue:` with the request for a story beginning after it, and a line `instruct:` with
+    the request for an instruction; both need {beginning} and {completion}."""
+    out: dict = {"version": "judge", "system": JUDGE_SYSTEM}
+    bodies: dict[str, list[str]] = {}
+    task = None
+    for n, line in enumerate(raw.splitlines()):
+        if line.strip() in (f"{t}:" for t in JUDGE_TASKS):
+            task = line.strip()[:-1]
+            if task in bodies:
+                raise UserError(f"{where}:{n + 1}: a second `{task}:` line; each request comes once")
+            bodies[task] = []
+        elif task is not None:
+            bodies[task].append(line)
+        elif not line.startswith("#") and line.strip():
+            key, colon, value = line.partition(":")
+            if key.strip() not in ("version", "system") or not value.strip():
+                raise UserError(f"{where}:{n + 1}: {line.strip()[:60]!r} is not `version: ...` or `system: ...`; the requests go after lines `continue:` and `instruct:`")
+            out[key.strip()] = value.strip()
+    for task in JUDGE_TASKS:
+        text = "\n".join(bodies.get(task, [])).strip()
+        if not text:
+            raise UserError(f"{where}: no `{task}:` request; put a line `{task}:` and the grading request for {'an instruction' if task == 'instruct' else 'a story beginning'} after it")
+        _check_placeholders(text, where, f"the {task} request", JUDGE_PLACEHOLDERS, JUDGE_PLACEHOLDERS)
+        out[task] = f"{text}\n\n{JUDGE_REPLY_FORMAT}"
+    out["version"] = f"{out['version']}+{_text_hash(raw)}"
+    return out
 
 
 # The reply's lines in the format block's order and spelling: expected scoring writes them itself.
