@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from tinystories.errors import UserError
-from tinystories.llm import logprobs as token_logprobs
+import tinystories.llm.logprobs as token_logprobs
 from tinystories.llm.base import RawResult, Request, RequestError
 from tinystories.llm.models import MODELS, file_sha256, is_path_like, lookup, resolve_model
 

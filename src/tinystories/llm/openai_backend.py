@@ -31,7 +31,7 @@ import time
 from urllib.parse import urlsplit
 
 from tinystories.errors import UserError
-from tinystories.llm import logprobs as token_logprobs
+import tinystories.llm.logprobs as token_logprobs
 from tinystories.llm.base import RawResult, Request, RequestError, TokenLogprobs, TransientError
 from tinystories.llm.redact import one_line, redact_secrets, remember_secret
 
