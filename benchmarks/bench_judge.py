@@ -10,7 +10,10 @@ copy of that run dir (so the LLM cache cannot help) and in its own subprocess: o
 `llm.model=<--model>`, `llm.mode=completion` and the same `judge.max_tokens` and temperature.
 Only the main judgments are made: `judge.consistency_sample=0`, `judge.discrimination_sample=0`
 (so `judge.originals=auto` reads no held-out file), `judge.reference=none` (no perplexity) and
-`judge.contamination_n=0`. The order of the two runs alternates with `--order`.
+`judge.contamination_n=0`. The order of the runs is `--order`; `expected` is the default reading
+(every grade read right after the request, one request per completion) and `--order` may add
+`expected-assessment` (`judge.assessment=true`: an assessment is sampled first, then each grade
+line is one request).
 
 Figure: wall seconds of the whole `tinystories judge` subprocess (Python start-up and one model
 load included per run, the same for both) divided by the main rows in eval/judgments.jsonl (ok
@@ -76,11 +79,13 @@ def make_run(root: Path, n: int) -> Path:
 def judge_once(template: Path, root: Path, scoring: str, args) -> dict:
     run = root / scoring
     shutil.copytree(template, run)  # fresh: no judgments, no LLM cache
+    assessment = scoring == "expected-assessment"
+    scoring = "expected" if assessment else scoring
     cmd = [
         sys.executable, "-c", "import sys; from tinystories.cli import main; sys.exit(main())",
         "judge", "--run-dir", str(run),
         "--set", "llm.backend=embedded", "--set", f"llm.model={args.model}", "--set", "llm.mode=completion",
-        "--set", f"judge.scoring={scoring}", "--set", f"judge.max_tokens={args.max_tokens}",
+        "--set", f"judge.scoring={scoring}", "--set", f"judge.max_tokens={args.max_tokens}", "--set", f"judge.assessment={str(assessment).lower()}",
         "--set", "judge.consistency_sample=0", "--set", "judge.discrimination_sample=0",
         "--set", "judge.originals=auto", "--set", "judge.reference=none", "--set", "judge.contamination_n=0",
     ]
@@ -154,7 +159,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "judge", "model": args.model, "completions": args.completions, "max_tokens": args.max_tokens,
-                "sampled": results["sampled"], "expected": results["expected"],
+                **results,
                 "sampled_s_per_judged": s, "expected_s_per_judged": e,
                 "judge_expected_vs_sampled_speedup": speedup,
             }

@@ -15,6 +15,7 @@ import asyncio
 from typing import Callable
 
 from tinystories.llm.base import RawResult, Request
+from tinystories.llm.positions import merged, position_requests
 from tinystories.llm.registry import register_backend
 
 SCRIPTED_AS = "embedded"
@@ -35,6 +36,8 @@ class ScriptedBackend:
 
     async def generate(self, request: Request) -> RawResult:
         self.calls.append(request)
+        if request.continuations:  # as a server would be asked: one single-token request per position
+            return merged([await self.generate(r) for r in position_requests(request)], self.model)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         out = self._reply(request)

@@ -458,6 +458,8 @@ def forced_judge(request, grammar_if_intact=INTACT_GRAMMAR):
         return position(PLOT_FIRST)
     if line == "Plot: 1":
         return position(PLOT_AFTER_ONE)
+    if line.endswith(": 1"):  # read after every "1" when the grades are read in one request
+        return position({"/": 1.0})
     assert line == "Age group: ", f"unexpected forced line {line!r}"
     return position(AGE)
 
@@ -466,10 +468,49 @@ def completion_judge_args(run: Path, *extra: str) -> list[str]:
     return judge_args(run, "--set", "judge.llm.mode=completion", *extra)
 
 
-def test_expected_scoring_is_the_default_for_a_judge_with_token_probabilities(tmp_path, monkeypatch):
+def test_expected_scoring_is_the_default_and_reads_every_grade_in_one_request(tmp_path, monkeypatch):
     run = make_eval_run(tmp_path)
     backend = install(monkeypatch, forced_judge)
     assert main(completion_judge_args(run)) == 0
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["judge"]["scoring"] == "expected", "auto picks expected scoring when the judge returns log-probabilities"
+    base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
+    assert base["n_judged"] == 12 and base["n_failed"] == 0
+    assert base["categories"]["grammar"]["mean"] == pytest.approx((9 * 0.7 + 8 * 0.2) / 0.9, abs=1e-4), "the expected grade over the mass on grades"
+    assert base["categories"]["plot"]["mean"] == pytest.approx(10 * 0.4 + 1 * 0.1 + 9 * 0.5, abs=1e-4), "a 10 written as 1 then 0 counts as 10"
+    assert base["categories"]["consistency"]["mean"] == pytest.approx(8.0), "each line is read on its own"
+    assert base["age_groups"] == {"C": 12}
+    recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
+    assert not [r for r in recs if r["role"] == "repeat"], "nothing is sampled, so no completion is judged twice"
+    rel = scores["reliability"]
+    assert rel["consistency"]["deterministic"] is True and rel["categories"]["grammar"]["trusted"] is True, "trust rests on discrimination alone"
+    assert rel["discrimination"]["word_salad"]["share_original_better"]["grammar"] == 1.0
+    main_rec = next(r for r in recs if r["role"] == "main" and r["task"] == "continue")
+    assert main_rec["distributions"]["plot"]["10"] == pytest.approx(0.4) and main_rec["distributions"]["age_group"]["C"] == pytest.approx(0.6)
+    assert main_rec["assessment"] == "", "no assessment is written"
+    asked = [c for c in backend.calls if c.continuations]
+    assert len(asked) == len(recs), "one request per judgment"
+    assert all(c.prompt.endswith("Age group: <one letter A-F>\n\n") and "Assessment:" not in c.prompt for c in asked), "the request without the assessment line"
+    assert asked[0].continuations == ("Grammar: ", "Grammar: 1", "Creativity: ", "Creativity: 1", "Consistency: ", "Consistency: 1", "Plot: ", "Plot: 1", "Age group: ")
+    assert not [c for c in backend.calls if not c.top_logprobs], "no text is sampled"
+
+
+def test_expected_grade_read_in_one_request_without_mass_is_a_failure(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    backend = install(monkeypatch, lambda req: forced_judge(req, grammar_if_intact={"The": 0.8, "7": 0.2}))
+    assert main(completion_judge_args(run, "--set", "judge.scoring=expected")) == 0
+    base = json.loads((run / "eval" / "scores.json").read_text())["models"]["pretrain/1M"]["tasks"]["continue"]
+    assert base["n_judged"] == 0 and base["n_failed"] == 12
+    assert base["failure_reasons"] == {"grammar: only 20% of the judge's probability on grades 1-10 (needs 50%)": 12}
+    failed = next(r for r in read_jsonl(run / "eval" / "judgments.jsonl") if r["role"] == "main")
+    assert failed["grades"] is None and failed["distributions"]["grammar"]["7"] == pytest.approx(0.2), "the failure keeps what it read"
+    assert len([c for c in backend.calls if c.continuations]) == len(list(read_jsonl(run / "eval" / "judgments.jsonl"))), "a failure is not retried: the same positions give the same distribution"
+
+
+def test_expected_scoring_after_an_assessment_forces_the_reply_line_by_line(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    backend = install(monkeypatch, forced_judge)
+    assert main(completion_judge_args(run, "--set", "judge.assessment=true")) == 0
     scores = json.loads((run / "eval" / "scores.json").read_text())
     assert scores["judge"]["scoring"] == "expected", "auto picks expected scoring when the judge returns log-probabilities"
     base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
@@ -497,7 +538,7 @@ def test_expected_scoring_is_the_default_for_a_judge_with_token_probabilities(tm
 def test_expected_grade_without_mass_on_grades_is_a_failure_not_a_score(tmp_path, monkeypatch):
     run = make_eval_run(tmp_path)
     install(monkeypatch, lambda req: forced_judge(req, grammar_if_intact={"The": 0.8, "7": 0.2}))
-    assert main(completion_judge_args(run, "--set", "judge.scoring=expected")) == 0
+    assert main(completion_judge_args(run, "--set", "judge.scoring=expected", "--set", "judge.assessment=true")) == 0
     scores = json.loads((run / "eval" / "scores.json").read_text())
     base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
     assert base["n_judged"] == 0 and base["n_failed"] == 12, "every intact story's grammar grade lacks the mass"
@@ -518,7 +559,7 @@ def test_an_age_written_in_years_leaves_the_expected_grades_standing(tmp_path, m
 
     run = make_eval_run(tmp_path)
     install(monkeypatch, ages_in_years)
-    assert main(completion_judge_args(run, "--set", "judge.scoring=expected")) == 0
+    assert main(completion_judge_args(run, "--set", "judge.scoring=expected", "--set", "judge.assessment=true")) == 0
     scores = json.loads((run / "eval" / "scores.json").read_text())
     base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
     assert base["n_judged"] == 12 and base["n_failed"] == 0, "the grades were read: the judgment stands"

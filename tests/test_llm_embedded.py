@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import importlib.util
 import json
+import math
 import random
 
 import pytest
@@ -390,3 +391,41 @@ def test_gguf_path_model_identity_hashes_the_file(backend):
     b = EmbeddedBackend(LLMConfig(model=str(backend.model_path)))
     assert b.identity()["model"] == backend.model_path.name
     assert b.identity()["gguf_sha256"] == models.MODELS[MODEL].sha256
+
+
+# -- positions after one prompt (Request.continuations, expected scoring) ---------------------
+
+
+@needs_model
+def test_positions_match_one_token_requests_and_do_not_leak_into_each_other(completion_mode):
+    backend = completion_mode
+    prompt = "The story was written by a child. Grade it from 1 to 10.\n"
+    continuations = ("Grammar: ", "", "Plot: ")
+    out = _generate(backend, Request(key="p", prompt=prompt, top_logprobs=5, continuations=continuations))
+    assert out.text == "" and out.completion_tokens == 0, "a positions request generates nothing"
+    assert len(out.logprobs) == 3, "one position per continuation, in order"
+    for continuation, position in zip(continuations, out.logprobs):
+        alone = _generate(backend, Request(key="q", prompt=prompt, top_logprobs=5, continuations=(continuation,)))
+        assert alone.logprobs[0] == pytest.approx(position, abs=1e-6), f"reading {continuation!r} after others changes nothing"
+        # The same position as a one-token request on the whole text (another context and batch
+        # shape, so rounding differs a little; a wrong position would differ by whole units).
+        single = _generate(backend, Request(key="r", prompt=prompt + continuation, max_tokens=1, temperature=0.0, top_logprobs=5))
+        best = max(single.logprobs[0], key=single.logprobs[0].get)
+        assert max(position, key=position.get) == best, f"the likeliest token after {continuation!r} is the one generated"
+        assert position[best] == pytest.approx(single.logprobs[0][best], abs=0.05)
+    assert sum(math.exp(v) for v in out.logprobs[0].values()) <= 1.0 + 1e-6, "log-probabilities are normalised over the vocabulary"
+
+
+@needs_model
+def test_positions_request_too_long_for_the_window_is_a_request_failure(completion_mode):
+    from tinystories.llm.base import RequestError
+
+    with pytest.raises(RequestError, match="llm.n_ctx"):
+        _generate(completion_mode, Request(key="p", prompt="word " * 600, top_logprobs=2, continuations=("x",)))
+
+
+def test_positions_request_needs_a_prompt_and_top_logprobs():
+    with pytest.raises(ValueError, match="continuations"):
+        Request(key="p", prompt="x", continuations=("a",))
+    with pytest.raises(ValueError, match="continuations"):
+        Request(key="p", messages=({"role": "user", "content": "x"},), top_logprobs=2, continuations=("a",))

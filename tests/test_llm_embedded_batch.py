@@ -125,22 +125,40 @@ def test_same_config_and_seed_give_the_same_text_across_runs(backends):
 
 @pytest.fixture
 def schedule(monkeypatch):
-    """Records what the decode loop does: the busy slots at each step, and at which step each request started."""
+    """Records what the decode loop does: the busy slots at each step (how many, which), at which step
+    each request started, (running sequences, prompt tokens) per step, and the slot moves that close gaps."""
     from tinystories.llm.embedded_batch import BatchDecoder
 
-    record = {"busy": [], "started": []}
-    real_step, real_start = BatchDecoder._step, BatchDecoder._start
+    record = {"busy": [], "started": [], "slots": [], "mixed": [], "moves": []}
+    real_step, real_start, real_chunks, real_compact = BatchDecoder._step, BatchDecoder._start, BatchDecoder._prompt_chunks, BatchDecoder._compact
+
+    def occupied(self):
+        return tuple(slot for slot, s in enumerate(self._slots) if s is not None)
 
     def step(self):
         record["busy"].append(self._busy())
+        record["slots"].append(occupied(self))
         return real_step(self)
 
     def start(self, slot, job):
         record["started"].append((job.request.key, slot, len(record["busy"])))
         return real_start(self, slot, job)
 
+    def prompt_chunks(self):
+        chunks = real_chunks(self)
+        record["mixed"].append((sum(s is not None and bool(s.tokens) for s in self._slots), sum(chunks.values())))
+        return chunks
+
+    def compact(self):
+        before = occupied(self)
+        real_compact(self)
+        if occupied(self) != before:
+            record["moves"].append((before, occupied(self)))
+
     monkeypatch.setattr(BatchDecoder, "_step", step)
     monkeypatch.setattr(BatchDecoder, "_start", start)
+    monkeypatch.setattr(BatchDecoder, "_prompt_chunks", prompt_chunks)
+    monkeypatch.setattr(BatchDecoder, "_compact", compact)
     return record
 
 
@@ -156,6 +174,55 @@ def test_finished_slots_take_the_next_request(backends, schedule):
     late = [at for _, _, at in started[BATCH:]]
     assert late and all(0 < at < len(busy) for at in late), "the later requests start mid-run, in freed slots"
     assert set(busy[: late[-1]]) == {BATCH}, "while requests wait, a freed slot is refilled before the next step"
+
+
+@needs_model
+def test_new_prompts_are_evaluated_beside_the_running_sequences(backends, schedule):
+    batched, _ = backends
+    requests = _requests(temperature=1.0)
+    answers = _answers(batched, requests)
+    mixed = schedule["mixed"]
+    assert mixed[0] == (0, sum(answers[r.key][2] for r in requests[:BATCH])), "the first step evaluates the first prompts together"
+    assert mixed[1][0] == BATCH, "from the second step on, every slot decodes"
+    assert any(running and prompt for running, prompt in mixed), "a later prompt shares a llama_decode with the running sequences"
+    assert sum(prompt for _, prompt in mixed) == sum(answers[r.key][2] for r in requests), "every prompt token is evaluated exactly once"
+
+
+@needs_model
+def test_prompts_longer_than_a_step_are_split_over_steps(backends, schedule, monkeypatch):
+    import tinystories.llm.embedded_batch as embedded_batch
+
+    _, single = backends
+    step_tokens = 8
+    monkeypatch.setattr(embedded_batch, "N_BATCH", step_tokens)
+    small_steps = _backend(BATCH)
+    requests = _requests(temperature=1.0)
+    try:
+        first = _answers(small_steps, requests)
+        again = _answers(small_steps, requests)
+    finally:
+        small_steps.close()
+    assert min(prompt_tokens for _, _, prompt_tokens, _ in first.values()) > step_tokens, "every prompt needs several steps"
+    assert max(running + prompt for running, prompt in schedule["mixed"]) == step_tokens, "a step never holds more than n_batch tokens"
+    assert again == first, "the same requests give the same answers on a rerun"
+    assert first == _answers(single, requests), "prompts split over steps give the unbatched answers (smollm2)"
+
+
+@needs_model
+def test_a_gap_left_by_a_finished_sequence_is_closed(backends, schedule):
+    """Slot 0 finishes first and nothing waits: the last busy slot moves into it, so every step
+    decodes consecutive KV streams (one ubatch), and the moved sequence's answer does not change."""
+    batched, single = backends
+    requests = [
+        Request(key="short", messages=({"role": "user", "content": QUESTIONS[1]},), max_tokens=40, temperature=0.0, seed=1),
+        Request(key="dog", messages=({"role": "user", "content": QUESTIONS[4]},), max_tokens=20, temperature=0.0, seed=2),
+        Request(key="cat", messages=({"role": "user", "content": QUESTIONS[5]},), max_tokens=30, temperature=0.0, seed=3),
+    ]
+    answers = _answers(batched, requests)
+    assert answers["short"][1] == "stop" and answers["short"][3] < 20, "the first request ends at EOS before the others"
+    assert schedule["moves"] and schedule["moves"][0] == ((1, 2), (0, 1)), "the last busy slot moved into the freed first one"
+    assert all(slots == tuple(range(len(slots))) for slots in schedule["slots"]), "every step decodes slots 0..n-1"
+    assert answers == _answers(single, requests), "a moved sequence gives the unbatched answer"
 
 
 @needs_model

@@ -463,3 +463,25 @@ def test_real_llama_cpp_server_token_logprobs(llama_server):
         assert len(r.logprobs) == r.completion_tokens > 0, f"{mode}: one dict per generated token"
         assert "".join(max(p, key=p.get) for p in r.logprobs) == r.text, f"{mode}: greedy text is the most likely token each time"
         assert all(2 <= len(p) <= 3 and all(lp <= 0 for lp in p.values()) for p in r.logprobs), f"{mode}: top 2 plus the generated token"
+
+
+def test_real_llama_cpp_server_positions_agree_with_the_embedded_backend(llama_server):
+    # Request.continuations against a real server: one single-token request per position
+    # (llm/positions.py), read as the embedded backend reads them from its KV cache.
+    from tinystories.llm.embedded import EmbeddedBackend
+
+    prompt = "The teacher read the story and wrote a grade from 1 to 10.\n"
+    request = Request(key="p", prompt=prompt, top_logprobs=5, continuations=("Grammar: ", "Plot: "))
+    cfg = LLMConfig(backend="openai", base_urls=[llama_server], model="smollm2", mode="completion", api_key_env=NO_KEY_ENV, concurrency=1, timeout_s=60, max_retries=1)
+    [served] = make_client(cfg).complete([request])
+    assert served.ok, served.error
+    assert len(served.logprobs) == 2 and served.completion_tokens == 0, "one position per continuation, nothing generated kept"
+    embedded = EmbeddedBackend(LLMConfig(model="smollm2-135m", mode="completion", n_ctx=512))
+    try:
+        [local] = make_client(embedded.cfg, backend=embedded).complete([request])
+    finally:
+        embedded.close()
+    for server_position, local_position in zip(served.logprobs, local.logprobs):
+        best = max(local_position, key=local_position.get)
+        assert max(server_position, key=server_position.get) == best, "the same likeliest next token"
+        assert server_position[best] == pytest.approx(local_position[best], abs=0.1), "the same model, the same position"

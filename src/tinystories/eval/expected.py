@@ -27,7 +27,7 @@ from typing import Callable
 
 from tinystories.errors import UserError
 from tinystories.eval.grading import CATEGORIES, age_distribution, expected_grade, grade_distribution, likeliest_age_group, needs_split_of_one
-from tinystories.text.prompts import JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_forced_reply, judge_prompt, judge_template
+from tinystories.text.prompts import JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_direct_prompt, judge_forced_reply, judge_line_start, judge_prompt, judge_template
 
 SLOTS = (*CATEGORIES, "age_group")
 ASSESSMENT_STOPS = ("\nGrammar", "\n**Grammar")  # the assessment ends where the judge starts its grade lines
@@ -227,6 +227,85 @@ def run_rounds(client, judgments: list[ForcedJudgment], who: str, on_finished: C
             if mentions_logprobs(exc) and "judge.scoring" not in str(exc):
                 raise no_logprobs_error(who, str(exc).splitlines()[0].split(";")[0][:200]) from None
             raise
+
+
+# -- grades read right after the request (judge.assessment: false, the default) ---------------
+# One request per completion: the request is evaluated once and each format line's label read on
+# its own after it (Request.continuations), "Grammar: " and "Grammar: 1" (for a 10 written as
+# "1" then "0") for each grade, "Age group: " for the letter. Each line is read independently of
+# the others (no grade written in before the next), so one grade cannot anchor the next.
+
+
+DIRECT_POSITIONS = 2 * len(CATEGORIES) + 1  # each grade's line start and the same after "1"; the age group's
+
+
+def direct_request(item: dict, settings: Settings, seed: int):
+    """The one positions request that reads every slot of `item`'s judgment."""
+    from tinystories.llm import Request
+
+    src = item["source"]
+    template = settings.template or judge_template()
+    prompt = judge_direct_prompt(judge_prompt(src["task"], src["prompt"], item["text"], template), template["system"])
+    continuations = []
+    for slot in SLOTS:
+        start = judge_line_start(slot)
+        continuations += [start] if slot == "age_group" else [start, start + "1"]
+    return Request(key=item["key"], prompt=prompt, max_tokens=1, temperature=1.0, seed=seed, template_version=template["version"],
+                   top_logprobs=settings.top_logprobs, continuations=tuple(continuations))  # fmt: skip
+
+
+def read_direct(positions: list[dict[str, float]], min_mass: float) -> tuple[dict, str | None]:
+    """(the judgment's value, its failure or None) from the positions `direct_request` asked for:
+    a grade with too little probability on 1..10 fails the judgment (with the distributions read)."""
+    from tinystories.llm import Reject
+
+    value: dict = {"assessment": "", "distributions": {}}
+    error = None
+    at = iter(positions)
+    for slot in SLOTS:
+        if slot == "age_group":
+            dist = age_distribution(next(at))
+            value["distributions"][slot] = {k: round(p, 6) for k, p in dist.items()}
+            try:
+                value[slot] = likeliest_age_group(dist, min_mass)
+            except Reject as exc:  # the grades stand without it (see ForcedJudgment._fill_age)
+                value[slot], value["age_group_error"] = None, str(exc)
+            continue
+        first, after_one = next(at), next(at)
+        dist = grade_distribution(first, after_one if needs_split_of_one(first) else None)
+        value["distributions"][slot] = {str(g): round(p, 6) for g, p in dist.items()}
+        try:
+            value[slot] = expected_grade(dist, min_mass, slot)
+        except Reject as exc:
+            error = error or str(exc)
+    return value, error
+
+
+def send_direct(client, items: list[dict], settings: Settings, seeds: dict[str, int], who: str, on_finished: Callable[[dict, dict | None, str | None, dict], None]) -> None:
+    """Judge `items` with one positions request each; `on_finished(item, value, error, meta)` gets
+    each as it arrives. A grade without enough probability mass is a failure, not retried: the
+    same positions give the same distribution whatever the seed."""
+    wanted = {item["key"]: item for item in items}
+
+    def validate(resp):
+        if resp.logprobs is None:
+            raise no_logprobs_error(who)
+        if len(resp.logprobs) != DIRECT_POSITIONS:
+            raise UserError(f"judge: {who} returned {len(resp.logprobs)} positions for the {DIRECT_POSITIONS} asked; check the judge's llm backend")
+        return read_direct(resp.logprobs, settings.min_mass)
+
+    def on_result(resp) -> None:
+        item = wanted[resp.key]
+        value, error = resp.value if resp.ok else (None, resp.error)
+        on_finished(item, value, error, response_meta(resp))
+
+    requests = [direct_request(item, settings, seeds[item["key"]]) for item in items]
+    try:
+        client.complete(requests, validate=validate, on_result=on_result, collect=False, total=len(requests), description="judge")
+    except UserError as exc:
+        if mentions_logprobs(exc) and "judge.scoring" not in str(exc):
+            raise no_logprobs_error(who, str(exc).splitlines()[0].split(";")[0][:200]) from None
+        raise
 
 
 def resolve_scoring(scoring: str, mode: str, client, seed: int) -> str:

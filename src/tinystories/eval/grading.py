@@ -278,6 +278,7 @@ def reliability(records: list[dict], plan_info: dict, rules: TrustRules, scoring
         table["n_failed"] = sum(1 for r in records if r["role"] == "damaged" and r["damage"] == kind and not r["ok"])
         table["not_applicable"] = plan_info["damage_not_applicable"][kind]
         disc[kind] = table
+    cons["deterministic"] = bool(plan_info.get("deterministic"))
     categories = category_trust(disc, cons, rules)
     trusted = [cat for cat, t in categories.items() if t["trusted"]]
     reasons = [] if trusted else [f"{cat}: {why}" for cat, t in categories.items() for why in t["reasons"][:1]]
@@ -325,7 +326,9 @@ def category_trust(disc: dict[str, dict], cons: dict, rules: TrustRules) -> dict
             elif share < rules.min_discrimination:
                 reasons.append(f"the judge rated the original above its {DAMAGE_NAMES[kind]} in only {share:.0%} of {n} pairs (needs {rules.min_discrimination:.0%})")
         diff = cons["mean_abs_diff"].get(cat)
-        if diff is None:
+        if diff is None and cons.get("deterministic"):
+            pass  # grades read without sampling: the same completion always gets the same grade
+        elif diff is None:
             reasons.append("no completion was judged twice, so its consistency is unknown")
         elif diff > rules.max_inconsistency:
             reasons.append(f"two judgments of the same completion differ by {diff:.2f} points on average (at most {rules.max_inconsistency:.2f} allowed)")

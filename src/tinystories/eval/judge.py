@@ -113,6 +113,7 @@ class Config:
     perplexity_max: int = 0  # completions per model scored for perplexity (a seeded sample); 0 = all
     contamination_n: int = 13  # word n-gram length for the prompt/training overlap check; 0 = skip
     scoring: str = "auto"  # expected (grade = expected value of the judge's grade-token distribution) | sampled (parse the written grade) | auto (expected for a completion-mode judge that returns log-probabilities, else sampled)
+    assessment: bool = False  # expected scoring: the judge first writes its assessment and the grades are read after it, as the paper's judge replies (a sampled text and a request per grade line per completion); false: every grade is read right after the request, in one request (README "The judge")
     top_logprobs: int = 20  # expected scoring: most likely tokens read at each grade position
     min_grade_mass: float = 0.5  # expected scoring: a grade with less probability than this on 1..10 (or A-F) is a failure
     template_path: str = ""  # your grading prompts, a text file with a system line and `continue:` / `instruct:` requests using {beginning} and {completion} (README "Custom prompts"), relative to the current directory; empty = the paper's (text/prompts.py)
@@ -307,8 +308,20 @@ def send_sampled(client, todo: list[dict], record: Callable, c: Config, mode: st
 def send_expected(client, todo: list[dict], record: Callable, c: Config, stage_seed: int) -> list[str]:
     """Judge `todo` by expected scoring (eval/expected.py); the same contract as `send_sampled`."""
     settings = expected.Settings(max_tokens=c.max_tokens, temperature=c.temperature, top_logprobs=c.top_logprobs, min_mass=c.min_grade_mass, template=c.template())
-    judgments = [expected.start(item, settings, derive_seed(stage_seed, item["key"])) for item in todo]
+    described = client.describe()
+    who = f"the judge ({described.get('backend')}, {described.get('model')})"
     transport: list[str] = []
+    if not c.assessment:
+
+        def on_direct(item: dict, value: dict | None, error: str | None, meta: dict) -> None:
+            if is_transport_failure(error):
+                transport.append(error)
+                return
+            record(item, value, error, meta, None)
+
+        expected.send_direct(client, todo, settings, {item["key"]: derive_seed(stage_seed, item["key"]) for item in todo}, who, on_direct)
+        return transport
+    judgments = [expected.start(item, settings, derive_seed(stage_seed, item["key"])) for item in todo]
 
     def on_finished(j) -> None:
         if is_transport_failure(j.error):
@@ -316,8 +329,7 @@ def send_expected(client, todo: list[dict], record: Callable, c: Config, stage_s
             return
         record(j.item, j.value(), j.error, j.meta, j.reply_so_far())
 
-    described = client.describe()
-    expected.run_rounds(client, judgments, f"the judge ({described.get('backend')}, {described.get('model')})", on_finished)
+    expected.run_rounds(client, judgments, who, on_finished)
     return transport
 
 
@@ -368,7 +380,7 @@ def judge_settings(client, c: Config, mode: str, scoring: str) -> dict:
     """What every judgment depends on besides its texts (part of its fingerprint, and of scores.json)."""
     settings = {"judge": client.describe(), "template": c.template()["version"], "max_tokens": c.max_tokens, "temperature": c.temperature, "mode": mode, "scoring": scoring}
     if scoring == "expected":
-        settings.update(top_logprobs=c.top_logprobs, min_grade_mass=c.min_grade_mass)
+        settings.update(top_logprobs=c.top_logprobs, min_grade_mass=c.min_grade_mass, assessment=c.assessment)
     return settings
 
 
@@ -380,13 +392,13 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     graded = [r for r in completions if graded_by_judge(r)]
     stage_seed = derive_seed(cfg.seed, NAME)
     heldout, origin = heldout_originals(rundir, c.originals, c.discrimination_sample, stage_seed)
-    plan, plan_info = plan_requests(graded, c, stage_seed, heldout)
-    plan_info["originals"] = origin
 
     llm_cfg = cfg.llm_for(SECTION)
     client = make_client(llm_cfg, rundir.path(LLM_CACHE_DIR))
     try:
         scoring = expected.resolve_scoring(c.scoring, llm_cfg.mode, client, stage_seed)
+        plan, plan_info = plan_requests(graded, c, stage_seed, heldout, deterministic=scoring == "expected" and not c.assessment)
+        plan_info["originals"] = origin
         settings = judge_settings(client, c, llm_cfg.mode, scoring)
         fingerprint_plan(plan, settings)
         done = resume_judgments(rundir.path(JUDGMENTS), plan)

@@ -15,21 +15,24 @@ from tinystories.eval.grading import completion_key
 from tinystories.pipeline.ids import fingerprint
 
 
-def plan_requests(completions: list[dict], c, stage_seed: int, heldout: list[dict] = ()) -> tuple[list[dict], dict]:
+def plan_requests(completions: list[dict], c, stage_seed: int, heldout: list[dict] = (), deterministic: bool = False) -> tuple[list[dict], dict]:
     """Every judge request: main judgments, repeats, the held-out originals, damaged versions of
-    those and of baseline completions (deterministic given the seed)."""
+    those and of baseline completions (deterministic given the seed). A `deterministic` judge (grades
+    read without sampling anything) gets no repeats: a second judgment could only repeat the first."""
     rng = random.Random(stage_seed)
     judged = judged_sample(completions, c.max_judged, stage_seed)
     plan = [{"role": "main", "damage": None, "source": r, "text": r["text"], "key": f"main|{completion_key(r)}"} for r in judged]
     usable = [r for r in judged if r["text"].strip()]
     repeat = rng.sample(usable, min(c.consistency_sample, len(usable)))
+    if deterministic:
+        repeat = []
     plan += [{"role": "repeat", "damage": None, "source": r, "text": r["text"], "key": f"repeat|{completion_key(r)}"} for r in repeat]
     plan += [{"role": "original", "damage": None, "source": h, "text": h["text"], "key": f"original|{completion_key(h)}"} for h in heldout]
     baseline = [r for r in usable if r["kind"] == "baseline"]
     baseline_disc = baseline_sample(baseline, c.discrimination_sample, rng)
     damaged, skipped = damaged_requests([*heldout, *baseline_disc], [*heldout, *baseline], rng, stage_seed)
     plan += damaged
-    info = {"damage_not_applicable": skipped, "discrimination_sample": len(heldout) + len(baseline_disc), "consistency_sample": len(repeat)}
+    info = {"damage_not_applicable": skipped, "discrimination_sample": len(heldout) + len(baseline_disc), "consistency_sample": len(repeat), "deterministic": deterministic}
     return plan, {**info, "discrimination_originals": {"heldout": len(heldout), "baseline": len(baseline_disc)}}
 
 

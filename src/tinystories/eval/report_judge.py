@@ -110,7 +110,10 @@ def reliability_section(rel: dict, ppl: dict) -> list[str]:
         L += table([c for c in CATS if c in cons["mean_abs_diff"]], [[fmt(cons["mean_abs_diff"][c]) for c in CATS if c in cons["mean_abs_diff"]]])
         L += [""]
     else:
-        L += ["Consistency: no completion was judged twice (judge.consistency_sample is 0 or every repeat failed).", ""]
+        if cons.get("deterministic"):
+            L += ["Consistency: not measured, and not needed: the grades were read from the judge's probabilities right after the request, with nothing sampled, so a completion judged again gets the same grades.", ""]
+        else:
+            L += ["Consistency: no completion was judged twice (judge.consistency_sample is 0 or every repeat failed).", ""]
     rows = []
     for kind, d in rel.get("discrimination", {}).items():
         shares = d.get("share_original_better", {})

@@ -24,19 +24,25 @@ class Request:
     stop: tuple[str, ...] = ()
     template_version: str = ""  # a prompt template's version: changing the template invalidates the cache
     top_logprobs: int = 0  # > 0: also return, per generated token, this many most likely tokens with their log-probabilities
+    # Non-empty: generate nothing; read the top_logprobs most likely next tokens after prompt + each
+    # continuation (the answer's `logprobs` has one position per continuation, in order). One request
+    # for many positions that share a long prompt, which a backend evaluates once (llm/positions.py).
+    continuations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a Request needs exactly one of messages or prompt")
         if self.top_logprobs < 0:
             raise ValueError("a Request's top_logprobs must be 0 (none) or more")
+        if self.continuations and (self.prompt is None or not self.top_logprobs):
+            raise ValueError("a Request with continuations needs a plain prompt (completion mode) and top_logprobs > 0")
 
     def with_seed(self, seed: int) -> "Request":
-        return Request(**{**asdict(self), "messages": self.messages, "seed": seed})
+        return Request(**{**asdict(self), "messages": self.messages, "continuations": self.continuations, "seed": seed})
 
     def approx_prompt_tokens(self) -> int:
         text = self.prompt if self.prompt is not None else " ".join(m.get("content", "") for m in self.messages or ())
-        return max(1, len(text) // 4)
+        return max(1, (len(text) + sum(len(c) for c in self.continuations)) // 4)
 
 
 @dataclass

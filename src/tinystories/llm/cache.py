@@ -34,6 +34,8 @@ def cache_key(identity: dict, mode: str, request: Request) -> str:
     if request.top_logprobs:
         # Only when asked: a key without the field stays the key every earlier cache used.
         payload["top_logprobs"] = request.top_logprobs
+    if request.continuations:
+        payload["continuations"] = list(request.continuations)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

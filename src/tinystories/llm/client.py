@@ -32,6 +32,10 @@ Validator = Callable[[Response], Any]
 
 
 def default_validator(response: Response) -> str:
+    if response.finish_reason == "positions":  # a Request.continuations answer: its positions, no text
+        if not response.logprobs:
+            raise Reject("no positions read")
+        return response.text or ""
     if not (response.text or "").strip():
         raise Reject("empty reply")
     return response.text

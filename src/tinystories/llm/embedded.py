@@ -82,6 +82,21 @@ def completion_params(request: Request) -> dict:
     )
 
 
+def top_tokens(llm, logits, k: int) -> dict[str, float]:
+    """The k most likely next tokens (their text) with natural-log probabilities, from one row of logits."""
+    import numpy as np
+
+    peak = logits.max()
+    log_norm = peak + np.log(np.exp(logits - peak).sum())
+    best = np.argpartition(-logits, min(k, len(logits) - 1))[:k]
+    out: dict[str, float] = {}
+    for token in sorted(best.tolist(), key=lambda t: -logits[t]):
+        text = llm.detokenize([token]).decode("utf-8", errors="replace")
+        logprob = float(logits[token] - log_norm)
+        out[text] = float(np.logaddexp(out[text], logprob)) if text in out else logprob  # two tokens, one text: both count
+    return out
+
+
 class EmbeddedBackend:
     name = "embedded"
 
@@ -197,6 +212,8 @@ class EmbeddedBackend:
 
     # -- generation ------------------------------------------------------------------------------
     def _generate_sync(self, request: Request) -> RawResult:
+        if request.continuations:
+            return self._read_positions_sync(request)
         k = request.top_logprobs
         with self._lock:
             llm = self._scoring_model() if k else self._model()
@@ -231,6 +248,40 @@ class EmbeddedBackend:
             model=self.model_name,
             logprobs=token_logprobs.from_reply(self.cfg.mode, out["choices"][0]["logprobs"]) if k else None,
         )
+
+    def _read_positions_sync(self, request: Request) -> RawResult:
+        """Request.continuations: the prompt evaluated once, then each continuation from its KV cache.
+
+        Why by hand rather than one `create_completion` per position: those would evaluate the
+        long shared prompt (the judge's request with the story) once per position, five to ten
+        times per judgment; here it is evaluated once and each continuation costs its few tokens.
+        A continuation is tokenized on its own, as `token_logprobs` does, and read in the lean
+        generation context (logits of the last token only). Starts from an empty KV cache, like
+        every request, so the answer never depends on what ran before.
+        """
+        import numpy as np
+        from tinystories.llm.embedded_batch import completion_prompt_tokens
+
+        llama_cpp = import_llama_cpp()
+        with self._lock:
+            llm = self._model()
+            prompt = completion_prompt_tokens(llm, request.prompt)
+            pieces = [llm.tokenize(c.encode("utf-8"), add_bos=False, special=False) for c in request.continuations]
+            longest = len(prompt) + max(len(p) for p in pieces)
+            if longest >= llm.n_ctx():
+                raise RequestError(f"prompt does not fit llm.n_ctx={llm.n_ctx()} ({longest} tokens with its longest continuation); raise llm.n_ctx")
+            llm.reset()
+            llm.eval(prompt)
+            shared, n_vocab, positions = llm.n_tokens, llm.n_vocab(), []
+            for piece in pieces:
+                # Llama.eval drops the KV cells from n_tokens on before it evaluates: rewinding
+                # n_tokens to the end of the prompt forgets the previous continuation.
+                llm.n_tokens = shared - 1 if not piece else shared
+                llm.eval(piece or prompt[-1:])
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).astype(np.float64)
+                positions.append(top_tokens(llm, logits, request.top_logprobs))
+        return RawResult(text="", finish_reason="positions", prompt_tokens=shared + sum(len(p) for p in pieces), completion_tokens=0,
+                         model=self.model_name, logprobs=positions)  # fmt: skip
 
     # -- scoring ---------------------------------------------------------------------------------
     def token_logprobs(self, prefix: str, continuation: str) -> list[float]:

@@ -4,9 +4,11 @@ A llama.cpp decode step of many tokens costs far less per token than one of a si
 weights are read once per step, not once per token), so decoding many requests together raises
 throughput. This module owns one llama.cpp context with a KV stream per slot (non-unified KV
 cache: a sequence's cells sit at the same place whatever its neighbours do) and a thread that
-runs the decode loop: each step feeds every busy slot's last token in one `llama_decode`, samples
-each slot with its own sampler (so its own seed), and a finished slot takes the next request
-before the next step (continuous batching).
+runs the decode loop: each step feeds every running slot's last token, and the prompt tokens of
+newly admitted requests up to n_batch, in one `llama_decode` (a mixed batch, as llama.cpp's server
+does: a new prompt does not stall the running sequences), samples each slot with its own sampler
+(so its own seed), and a finished slot takes the next request before the next step (continuous
+batching).
 
 What a request sees is what `Llama.create_chat_completion` / `create_completion` would do: the
 same prompt tokens (chat mode asks llama-cpp-python's own chat handler for them), the same sampler
@@ -21,7 +23,9 @@ order, and whenever a slot is free (at the start, or because a sequence just fin
 caller may be about to send the next request) the loop waits until the caller's event loop has
 run SETTLE_ROUNDS more passes before it decodes on with fewer sequences. LLMClient sends its next
 request within a few passes (however long its own synchronous work takes), so the same job gives
-the same batches; measured on the 1.5B, reruns and a slow validator give the same texts.
+the same batches; measured on the 1.5B, reruns and a slow validator give the same texts. What
+else shapes a batch follows from that schedule too: prompt tokens are handed out in admission
+order, and a gap left by a finished sequence is closed right after admission (see `_compact`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from tinystories.llm.base import RawResult, Request, RequestError
 # its next request (validation, the cache lookup, a new task); the margin is cheap (microseconds).
 SETTLE_ROUNDS = 100
 SETTLE_TIMEOUT_S = 60.0  # a loop blocked this long is not about to send anything: decode on rather than stall
-N_BATCH = 512  # prompt tokens per llama_decode call, as llama-cpp-python's Llama uses by default
+N_BATCH = 512  # tokens per llama_decode call (prompt chunks included), as llama-cpp-python's Llama uses by default
 
 
 class _Captured(Exception):
@@ -173,8 +177,9 @@ class _Sequence:
     job: _Job
     prepared: Prepared
     sampler: object
-    pos: int  # the position of the next token fed to the model
-    tokens: list[int] = field(default_factory=list)  # generated so far, the newest not yet fed
+    pos: int  # the position of the next token fed to the model (prompt tokens first)
+    admitted: int  # admission number: waiting prompts are evaluated in this order
+    tokens: list[int] = field(default_factory=list)  # generated so far, the newest not yet fed; empty while the prompt is evaluated
     finish: str | None = None  # set when it ends: "stop" or "length"
     text: bytes = b""  # the text so far while stop strings are watched; the answer once finished
 
@@ -203,6 +208,8 @@ class BatchDecoder:
         self.llm = self._ctx = self._batch = None  # made by the decode thread: loading must not block the caller's event loop
         self._broken: BaseException | None = None  # why the model or context could not be made
         self._slots: list[_Sequence | None] = [None] * batch_size
+        self._n_batch = max(min(n_ctx, N_BATCH), batch_size)  # tokens per llama_decode call
+        self._admitted = 0  # requests taken into a slot so far
         self._queue: deque[_Job] = deque()
         self._wake = threading.Condition()
         self._closing = False
@@ -218,7 +225,8 @@ class BatchDecoder:
         params.n_ctx = self.n_ctx * self.batch_size
         params.n_seq_max = self.batch_size
         params.kv_unified = False
-        params.n_batch = params.n_ubatch = min(self.n_ctx, N_BATCH)
+        # A step holds every running slot's token beside prompt tokens, so never fewer than batch_size.
+        params.n_batch = params.n_ubatch = self._n_batch
         params.n_threads = params.n_threads_batch = self.n_threads
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the unbatched Llama
         params.no_perf = True
@@ -226,7 +234,7 @@ class BatchDecoder:
             ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
         except ValueError as exc:
             raise UserError(f"llm.batch_size: llama.cpp could not make a context for {self.batch_size} sequences of llm.n_ctx={self.n_ctx} ({exc}); lower either") from None
-        batch = _internals.LlamaBatch(n_tokens=max(params.n_batch, self.batch_size), embd=0, n_seq_max=1, verbose=False)
+        batch = _internals.LlamaBatch(n_tokens=self._n_batch, embd=0, n_seq_max=1, verbose=False)
         return ctx, batch
 
     # -- the caller's side -------------------------------------------------------------------
@@ -274,6 +282,7 @@ class BatchDecoder:
                 if must_settle and len(self._queue) < self._free():
                     self._settle(must_settle)
                 must_settle = self._admit()
+                self._compact()
                 if self._busy():
                     must_settle |= self._step()
             except Exception as exc:  # a fault of the loop itself: every caller hears of it, the thread lives on
@@ -333,48 +342,82 @@ class BatchDecoder:
             except BaseException as exc:  # this request's failure (too long, wrong mode): the others go on
                 job.future.set_exception(exc)
                 answered.add(job.loop)
-                continue
-            if self._finished(self._slots[slot]):
-                answered.add(self._finish(slot))
         return answered
 
+    def _compact(self) -> None:
+        """Close the gaps that admission left (finished sequences and no request to take their slot): a
+        batch whose sequence ids have a gap is decoded as one ubatch per run of consecutive ids
+        (llama.cpp's split over KV streams), each reading all the weights again, which made the tail
+        of a job slow. The highest busy slot moves into the lowest free one: its KV stream is copied
+        bit for bit, so its answer does not change, and when it moves follows from the schedule alone
+        (not from whether a request happens to be queued by now)."""
+        while None in self._slots:
+            low = self._slots.index(None)
+            high = max((slot for slot, s in enumerate(self._slots) if s is not None), default=-1)
+            if high < low:
+                return
+            self._ctx.kv_cache_seq_cp(high, low, -1, -1)  # copied at the next llama_decode, before it computes
+            self._slots[low] = self._slots[high]
+            self._release(high)
+
     def _start(self, slot: int, job: _Job) -> _Sequence:
-        """Evaluate the prompt in this slot's (emptied) KV stream and sample the first token."""
+        """Take `job` into this slot: its prompt is evaluated by the next steps, beside the running sequences."""
         prepared = prepare(self.llm, job.mode, job.request, self.n_ctx, self._params_for(job.request))
+        if not prepared.prompt_tokens:
+            raise RequestError("the prompt has no tokens (an empty prompt and a model without BOS): nothing to generate from")
         self._ctx.kv_cache_seq_rm(slot, -1, -1)
-        tokens = prepared.prompt_tokens
-        chunk = min(self.n_ctx, N_BATCH)  # Llama.eval's chunks, so a prompt is evaluated as it is unbatched
-        for start in range(0, len(tokens), chunk):
-            self._batch.reset()
-            self._batch.add_sequence(tokens[start : start + chunk], slot, False)
-            for i in range(self._batch.n_tokens()):  # add_sequence numbers positions from 0
-                self._batch.batch.pos[i] = start + i
-            self._ctx.decode(self._batch)
-        sequence = _Sequence(job, prepared, make_sampler(self.llm, prepared.sampling), pos=len(tokens))
-        sequence.tokens.append(sequence.sampler.sample(self._ctx, self._batch.n_tokens() - 1))
-        return sequence
+        self._admitted += 1
+        return _Sequence(job, prepared, make_sampler(self.llm, prepared.sampling), pos=0, admitted=self._admitted)
 
     def _step(self) -> set:
-        """One decode step for every busy slot. Returns the loops of the requests it finished."""
+        """One llama_decode of every running slot's newest token plus as many waiting prompt tokens as
+        fit in n_batch (llama.cpp server's mixed batch: a new prompt does not stall the others).
+        Returns the loops of the requests it finished."""
+        chunks = self._prompt_chunks()
         self._batch.reset()
-        rows = []
-        raw = self._batch.batch
+        sampled = []  # (slot, batch row) whose logits pick the slot's next token
+        # Rows in slot order: llama.cpp splits a batch over KV streams into one ubatch per run of
+        # consecutive sequence ids, and each ubatch reads all the weights once more.
         for slot, sequence in enumerate(self._slots):
             if sequence is None:
                 continue
-            row = raw.n_tokens
-            raw.token[row], raw.pos[row], raw.seq_id[row][0], raw.n_seq_id[row], raw.logits[row] = sequence.last, sequence.pos, slot, 1, True
-            raw.n_tokens += 1
-            sequence.pos += 1
-            rows.append((slot, row))
+            if sequence.tokens:
+                sampled.append((slot, self._add_token(sequence.last, sequence.pos, slot, True)))
+                sequence.pos += 1
+            elif chunks.get(slot):
+                prompt = sequence.prepared.prompt_tokens
+                for pos in range(sequence.pos, sequence.pos + chunks[slot]):
+                    row = self._add_token(prompt[pos], pos, slot, pos == len(prompt) - 1)
+                sequence.pos += chunks[slot]
+                if sequence.pos == len(prompt):
+                    sampled.append((slot, row))
         self._ctx.decode(self._batch)  # a failure fails every busy sequence (see _run)
         finished = set()
-        for slot, row in rows:
+        for slot, row in sampled:
             sequence = self._slots[slot]
             sequence.tokens.append(sequence.sampler.sample(self._ctx, row))
             if self._finished(sequence):
                 finished.add(self._finish(slot))
         return finished
+
+    def _prompt_chunks(self) -> dict[int, int]:
+        """How many prompt tokens each waiting slot evaluates this step: the room left beside the
+        running slots' tokens, given out in admission order (so it follows from the requests alone)."""
+        room = self._n_batch - sum(s is not None and bool(s.tokens) for s in self._slots)
+        chunks = {}
+        for _, slot in sorted((s.admitted, slot) for slot, s in enumerate(self._slots) if s is not None and not s.tokens):
+            sequence = self._slots[slot]
+            chunks[slot] = min(room, len(sequence.prepared.prompt_tokens) - sequence.pos)
+            room -= chunks[slot]
+        return chunks
+
+    def _add_token(self, token: int, pos: int, slot: int, logits: bool) -> int:
+        """Append one token of `slot`'s sequence to the batch; returns its row."""
+        raw = self._batch.batch
+        row = raw.n_tokens
+        raw.token[row], raw.pos[row], raw.seq_id[row][0], raw.n_seq_id[row], raw.logits[row] = token, pos, slot, 1, logits
+        raw.n_tokens += 1
+        return row
 
     def _finished(self, sequence: _Sequence) -> bool:
         """Apply llama-cpp-python's end rules to the newest token; sets sequence.finish when done."""

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from tinystories.errors import UserError
 import tinystories.llm.logprobs as token_logprobs
+from tinystories.llm.positions import merged, position_requests
 from tinystories.llm.base import RawResult, Request, RequestError, TokenLogprobs, TransientError
 from tinystories.llm.redact import one_line, redact_secrets, remember_secret
 
@@ -276,6 +277,9 @@ class OpenAIBackend:
 
     # -- one call --------------------------------------------------------------------------------
     async def generate(self, request: Request) -> RawResult:
+        if request.continuations:  # no such option in the API: one single-token request per position
+            parts = await asyncio.gather(*(self.generate(r) for r in position_requests(request)))
+            return merged(list(parts), self.cfg.model)
         import openai
 
         clients = self._get_clients()

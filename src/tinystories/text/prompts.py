@@ -236,8 +236,9 @@ JUDGE_SYSTEM = "You are an experienced teacher who grades short stories written 
 
 # The reply's lines, shared by both templates: what the sampled reply is parsed for and what
 # expected scoring forces line by line (JUDGE_LINE_LABELS).
+JUDGE_ASSESSMENT_LINE = "Assessment: <your assessment>"
 JUDGE_REPLY_FORMAT = """Reply in exactly this format:
-Assessment: <your assessment>
+""" + JUDGE_ASSESSMENT_LINE + """
 Grammar: <1-10>/10
 Creativity: <1-10>/10
 Consistency: <1-10>/10
@@ -331,10 +332,22 @@ def _parse_judge_template(raw: str, where: str) -> dict:
 JUDGE_LINE_LABELS = {"grammar": "Grammar", "creativity": "Creativity", "consistency": "Consistency", "plot": "Plot", "age_group": "Age group"}
 
 
+def judge_direct_prompt(user: str, system: str = JUDGE_SYSTEM) -> str:
+    """The completion-mode request for grades read without an assessment (`judge.assessment: false`):
+    the request with the assessment line taken out of its format block, after which each format
+    line's label is read on its own (`judge_line_start`)."""
+    return f"{system}\n\n{user.replace(JUDGE_ASSESSMENT_LINE + chr(10), '')}\n\n"
+
+
+def judge_line_start(name: str) -> str:
+    """Where the judge writes one format line's value, e.g. "Grammar: "."""
+    return f"{JUDGE_LINE_LABELS[name]}: "
+
+
 def judge_forced_reply(assessment: str, filled: list[tuple[str, str]], next_line: str) -> str:
     """The reply as the format block asks for it, from after the `JUDGE_REPLY_START` that ends a
     completion prompt up to where the judge writes `next_line`'s value: the assessment, the lines
     already `filled` ((name, value) pairs), then the next label, e.g. "Plot: "."""
     lines = [f" {assessment.strip()}"]
     lines += [f"{JUDGE_LINE_LABELS[name]}: {value}" + ("" if name == "age_group" else "/10") for name, value in filled]
-    return "\n".join(lines + [f"{JUDGE_LINE_LABELS[next_line]}: "])
+    return "\n".join(lines + [judge_line_start(next_line)])
