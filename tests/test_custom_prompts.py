@@ -340,3 +340,5 @@ def test_expected_scoring_reads_the_files_prompts_too(tmp_path):
     assert all(r.prompt.startswith("You grade stories.\n\nKindly: ") for r in graded), "forced prompts use the file's system line and requests"
     scores = json.loads((run / "eval" / "scores.json").read_text())
     assert scores["judge"]["scoring"] == "expected" and scores["totals"]["failed"] == 0, "the appended reply format is what expected scoring forces"
+    asked = [r for r in graded if r.continuations]
+    assert asked and all(r.continuations[0] == "Grammar: " for r in asked), "the file has no per-grade questions: its format lines are read"

@@ -64,7 +64,8 @@ def make_eval_run(root: Path, n_prompts: int = 4, samples: int = 3, val_stories:
 def parts(request) -> tuple[str, str]:
     # chat: the user message; completion: the one text, after the system line that opens it
     user = request.messages[-1]["content"] if request.messages is not None else request.prompt.split("\n\n", 1)[1]
-    m = re.search(r"\n\n(.*?) ?\n?\*\*\*(.*?)\n\n(?:First write|Please provide)", user, re.S)
+    # the completion ends before the request that follows it, or before the question read after it
+    m = re.search(r"\n\n(.*?) ?\n?\*\*\*(.*?)\n\n(?:First write|Please provide|Grade |What is your best guess)", user, re.S)
     return m.group(1).strip(), m.group(2)
 
 
@@ -490,8 +491,10 @@ def test_expected_scoring_is_the_default_and_reads_every_grade_in_one_request(tm
     assert main_rec["assessment"] == "", "no assessment is written"
     asked = [c for c in backend.calls if c.continuations]
     assert len(asked) == len(recs), "one request per judgment"
-    assert all(c.prompt.endswith("Age group: <one letter A-F>\n\n") and "Assessment:" not in c.prompt for c in asked), "the request without the assessment line"
-    assert asked[0].continuations == ("Grammar: ", "Grammar: 1", "Creativity: ", "Creativity: 1", "Consistency: ", "Consistency: 1", "Plot: ", "Plot: 1", "Age group: ")
+    assert all("Assessment:" not in c.prompt and "Reply in exactly this format" not in c.prompt for c in asked), "the exercise, without the request for a reply"
+    ends = [c.rsplit("\n", 1)[1] for c in asked[0].continuations]
+    assert ends == ["Grammar: ", "Grammar: 1", "Creativity: ", "Creativity: 1", "Consistency: ", "Consistency: 1", "Plot: ", "Plot: 1", "Age group: "], "one question per grade, each read alone and after a 1"
+    assert "consistency of the student's completion" in asked[0].continuations[4], "each grade is asked about on its own"
     assert not [c for c in backend.calls if not c.top_logprobs], "no text is sampled"
 
 

@@ -27,7 +27,7 @@ from typing import Callable
 
 from tinystories.errors import UserError
 from tinystories.eval.grading import CATEGORIES, age_distribution, expected_grade, grade_distribution, likeliest_age_group, needs_split_of_one
-from tinystories.text.prompts import JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_direct_prompt, judge_forced_reply, judge_line_start, judge_prompt, judge_template
+from tinystories.text.prompts import JUDGE_SYSTEM, JUDGE_TEMPLATE_VERSION, judge_completion_prompt, judge_direct_prompt, judge_forced_reply, judge_prompt, judge_template
 
 SLOTS = (*CATEGORIES, "age_group")
 ASSESSMENT_STOPS = ("\nGrammar", "\n**Grammar")  # the assessment ends where the judge starts its grade lines
@@ -230,10 +230,11 @@ def run_rounds(client, judgments: list[ForcedJudgment], who: str, on_finished: C
 
 
 # -- grades read right after the request (judge.assessment: false, the default) ---------------
-# One request per completion: the request is evaluated once and each format line's label read on
-# its own after it (Request.continuations), "Grammar: " and "Grammar: 1" (for a 10 written as
-# "1" then "0") for each grade, "Age group: " for the letter. Each line is read independently of
-# the others (no grade written in before the next), so one grade cannot anchor the next.
+# One request per completion: the exercise is evaluated once and each grade's question read on its
+# own after it (Request.continuations; text/prompts.judge_direct_prompt), each question as it is
+# and again followed by "1" (for a 10 written as "1" then "0"), then the age group's. Each is
+# read independently of the others (no grade written in before the next), so one grade cannot
+# anchor the next.
 
 
 DIRECT_POSITIONS = 2 * len(CATEGORIES) + 1  # each grade's line start and the same after "1"; the age group's
@@ -245,11 +246,10 @@ def direct_request(item: dict, settings: Settings, seed: int):
 
     src = item["source"]
     template = settings.template or judge_template()
-    prompt = judge_direct_prompt(judge_prompt(src["task"], src["prompt"], item["text"], template), template["system"])
+    prompt, starts = judge_direct_prompt(src["task"], src["prompt"], item["text"], template)
     continuations = []
     for slot in SLOTS:
-        start = judge_line_start(slot)
-        continuations += [start] if slot == "age_group" else [start, start + "1"]
+        continuations += [starts[slot]] if slot == "age_group" else [starts[slot], starts[slot] + "1"]
     return Request(key=item["key"], prompt=prompt, max_tokens=1, temperature=1.0, seed=seed, template_version=template["version"],
                    top_logprobs=settings.top_logprobs, continuations=tuple(continuations))  # fmt: skip
 

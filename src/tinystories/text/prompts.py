@@ -229,7 +229,7 @@ def summary_prompt(story: str, template: str | None = None) -> str:
 # completion; the judge assesses the part after `***`, grades it out of 10 for grammar,
 # creativity, consistency and plot, and guesses the writer's age group.
 
-JUDGE_TEMPLATE_VERSION = "judge-grading-2"  # 2: the continuation prompt follows Figure 3 and grades plot
+JUDGE_TEMPLATE_VERSION = "judge-grading-3"  # 2: the continuation prompt follows Figure 3 and grades plot; 3: one question per grade for reading without an assessment
 JUDGE_REPLY_START = "Assessment:"  # completion-mode prompts end with it, so the reply continues it
 
 JUDGE_SYSTEM = "You are an experienced teacher who grades short stories written by young students. You are fair, specific and brief."
@@ -248,9 +248,11 @@ Age group: <one letter A-F>"""
 # Figure 3 point by point: the exercise, the *** separator, the assessment of the part after ***
 # (grammar, consistency, the sentence split by ***), the four grades, the age groups. The
 # format block is ours: it makes the reply parseable and gives the lines expected scoring forces.
-JUDGE_CONTINUE_TEMPLATE = """In the following exercise, the student is given a beginning of a story. The student needs to complete it into a full story. The exercise tests the student's language abilities and creativity. The symbol *** marks the separator between the prescribed beginning and the student's completion:
+JUDGE_CONTINUE_EXERCISE = """In the following exercise, the student is given a beginning of a story. The student needs to complete it into a full story. The exercise tests the student's language abilities and creativity. The symbol *** marks the separator between the prescribed beginning and the student's completion:
 
-{beginning} ***{completion}
+{beginning} ***{completion}"""
+
+JUDGE_CONTINUE_TEMPLATE = JUDGE_CONTINUE_EXERCISE + """
 
 Please provide your general assessment about the part written by the student (the one after the *** symbol). Is it grammatically correct? Is it consistent with the beginning of the story? Pay special attention to whether the student manages to complete the sentence which is split in the middle by the separator ***.
 
@@ -258,10 +260,12 @@ Now, grade the student's completion in terms of grammar, creativity, consistency
 
 """ + JUDGE_REPLY_FORMAT
 
-JUDGE_INSTRUCT_TEMPLATE = """Here is a writing exercise. The student received the instructions below and had to write a short story that follows them. The instructions come first; the three stars *** mark where the student's story starts. Words: listed words must appear in the story; Features: the story must have these features; Summary: the story must tell this plot; Sentence: the story must contain this sentence.
+JUDGE_INSTRUCT_EXERCISE = """Here is a writing exercise. The student received the instructions below and had to write a short story that follows them. The instructions come first; the three stars *** mark where the student's story starts. Words: listed words must appear in the story; Features: the story must have these features; Summary: the story must tell this plot; Sentence: the story must contain this sentence.
 
 {beginning}
-***{completion}
+***{completion}"""
+
+JUDGE_INSTRUCT_TEMPLATE = JUDGE_INSTRUCT_EXERCISE + """
 
 First write a short assessment of the student's story. Is it grammatically correct? Does it follow every instruction? Is it creative? Does the plot make sense, with a beginning, a middle and an end?
 
@@ -293,7 +297,8 @@ JUDGE_TASKS = ("continue", "instruct")
 def judge_template(path: str | Path = "") -> dict:
     """{version, system, continue, instruct}: the shipped grading prompts, or a user's file."""
     if not path:
-        return {"version": JUDGE_TEMPLATE_VERSION, "system": JUDGE_SYSTEM, "continue": JUDGE_CONTINUE_TEMPLATE, "instruct": JUDGE_INSTRUCT_TEMPLATE}
+        return {"version": JUDGE_TEMPLATE_VERSION, "system": JUDGE_SYSTEM, "continue": JUDGE_CONTINUE_TEMPLATE, "instruct": JUDGE_INSTRUCT_TEMPLATE,
+                "questions": {"continue": (JUDGE_CONTINUE_EXERCISE, JUDGE_QUESTIONS["continue"]), "instruct": (JUDGE_INSTRUCT_EXERCISE, JUDGE_QUESTIONS["instruct"])}}  # fmt: skip
     return _parse_judge_template(read_prompt_file(path, "judge.template_path"), str(path))
 
 
@@ -332,11 +337,44 @@ def _parse_judge_template(raw: str, where: str) -> dict:
 JUDGE_LINE_LABELS = {"grammar": "Grammar", "creativity": "Creativity", "consistency": "Consistency", "plot": "Plot", "age_group": "Age group"}
 
 
-def judge_direct_prompt(user: str, system: str = JUDGE_SYSTEM) -> str:
-    """The completion-mode request for grades read without an assessment (`judge.assessment: false`):
-    the request with the assessment line taken out of its format block, after which each format
-    line's label is read on its own (`judge_line_start`)."""
-    return f"{system}\n\n{user.replace(JUDGE_ASSESSMENT_LINE + chr(10), '')}\n\n"
+# Grades read without an assessment (`judge.assessment: false`, eval/expected.py): one question per
+# grade after the exercise, each ending where the judge writes its answer, the way the issue's
+# measurement found a small judge discriminating best. Measured with the embedded 1.5B on 12
+# held-out stories of its own, original above damaged: grammar 92% on word salad and 100% on
+# truncation, consistency 83% on another story's continuation; the Figure 3 request with its
+# format lines read one by one instead gave 83%, 83% and 58%.
+_GRADE_SCALE = "Answer with a whole number from 1 (very poor) to 10 (excellent)."
+_AGE_QUESTION = "What is your best guess of the age of the student, as reflected by the writing? Choose from the age groups A: 3 or under. B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16.\nAge group: "
+JUDGE_QUESTIONS = {
+    "continue": {
+        "grammar": f"Grade the grammar of the student's completion (the part after ***): are its sentences well-formed English, with words in a sensible order, and does it complete the sentence split by ***? {_GRADE_SCALE}\nGrammar: ",
+        "creativity": f"Grade the creativity of the student's completion (the part after ***): does it add interesting, original events or ideas? {_GRADE_SCALE}\nCreativity: ",
+        "consistency": f"Grade the consistency of the student's completion (the part after ***) with the beginning of the story: does it continue the same characters, places and events that the beginning set up? {_GRADE_SCALE}\nConsistency: ",
+        "plot": f"Grade the plot of the whole story: does it make sense, with events in a sensible order and an ending? {_GRADE_SCALE}\nPlot: ",
+        "age_group": _AGE_QUESTION,
+    },
+    "instruct": {
+        "grammar": f"Grade the grammar of the student's story (the part after ***): are its sentences well-formed English, with words in a sensible order? {_GRADE_SCALE}\nGrammar: ",
+        "creativity": f"Grade the creativity of the student's story (the part after ***): does it add interesting, original events or ideas? {_GRADE_SCALE}\nCreativity: ",
+        "consistency": f"Grade how well the student's story (the part after ***) follows the instructions: does it use the listed words, have the features, tell the summary, contain the sentence? {_GRADE_SCALE}\nConsistency: ",
+        "plot": f"Grade the plot of the student's story: does it make sense, with events in a sensible order and an ending? {_GRADE_SCALE}\nPlot: ",
+        "age_group": _AGE_QUESTION,
+    },
+}
+
+
+def judge_direct_prompt(task: str, beginning: str, completion: str, template: dict) -> tuple[str, dict[str, str]]:
+    """(the completion-mode prompt, per slot the text after it where the judge writes that grade)
+    for grades read without an assessment. The shipped prompts ask one question per grade after
+    the exercise (JUDGE_QUESTIONS); a user's file has no such questions, so its request is used
+    whole (its format block without the assessment line) and each format line read on its own."""
+    kind = "instruct" if task == "instruct" else "continue"
+    if template.get("questions"):
+        exercise, questions = template["questions"][kind]
+        text = exercise.format(beginning=beginning.rstrip(), completion=completion)
+        return f"{template['system']}\n\n{text}\n", {slot: "\n" + q for slot, q in questions.items()}
+    user = judge_prompt(task, beginning, completion, template).replace(JUDGE_ASSESSMENT_LINE + "\n", "")
+    return f"{template['system']}\n\n{user}\n\n", {slot: judge_line_start(slot) for slot in JUDGE_LINE_LABELS}
 
 
 def judge_line_start(name: str) -> str:
