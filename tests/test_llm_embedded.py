@@ -429,3 +429,20 @@ def test_positions_request_needs_a_prompt_and_top_logprobs():
         Request(key="p", prompt="x", continuations=("a",))
     with pytest.raises(ValueError, match="continuations"):
         Request(key="p", messages=({"role": "user", "content": "x"},), top_logprobs=2, continuations=("a",))
+
+
+@needs_model
+def test_positions_that_extend_the_previous_one_match_reading_each_alone(completion_mode):
+    # "Plot: 1" is read from the KV cells of "Plot: " (one more token), "Age: " after rewinding
+    backend = completion_mode
+    prompt = "A child wrote a story about a dog and a ball.\n"
+    together = _generate(backend, Request(key="p", prompt=prompt, top_logprobs=5, continuations=("Plot: ", "Plot: 1", "Age: ")))
+    for continuation, position in zip(("Plot: ", "Plot: 1", "Age: "), together.logprobs):
+        alone = _generate(backend, Request(key="q", prompt=prompt, top_logprobs=5, continuations=(continuation,)))
+        assert alone.logprobs[0] == pytest.approx(position, abs=1e-5), f"{continuation!r} read after the others is read as alone"
+    llm = backend._model()
+    n_prompt = len(llm.tokenize(prompt.encode(), add_bos=True))
+    plot, plot_1, age = (llm.tokenize(c.encode(), add_bos=False) for c in ("Plot: ", "Plot: 1", "Age: "))
+    shared = next(i for i, (x, y) in enumerate(zip(plot + [-1], plot_1)) if x != y)
+    assert shared > 0, "the two share their first tokens"
+    assert together.prompt_tokens == n_prompt + len(plot) + (len(plot_1) - shared) + len(age), "the prompt and the shared part are evaluated once"

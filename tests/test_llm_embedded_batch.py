@@ -190,10 +190,10 @@ def test_new_prompts_are_evaluated_beside_the_running_sequences(backends, schedu
 
 @needs_model
 def test_prompts_longer_than_a_step_are_split_over_steps(backends, schedule, monkeypatch):
-    import tinystories.llm.embedded_batch as embedded_batch
-
     """Chunks this small change the rounding even on smollm2 (its small-batch kernels differ), so the
     answers are checked for completeness and reproducibility, not against the unbatched ones."""
+    import tinystories.llm.embedded_batch as embedded_batch
+
     _, single = backends
     step_tokens = 8
     monkeypatch.setattr(embedded_batch, "N_BATCH", step_tokens)

@@ -82,6 +82,15 @@ def completion_params(request: Request) -> dict:
     )
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def top_tokens(llm, logits, k: int) -> dict[str, float]:
     """The k most likely next tokens (their text) with natural-log probabilities, from one row of logits."""
     import numpy as np
@@ -272,16 +281,21 @@ class EmbeddedBackend:
                 raise RequestError(f"prompt does not fit llm.n_ctx={llm.n_ctx()} ({longest} tokens with its longest continuation); raise llm.n_ctx")
             llm.reset()
             llm.eval(prompt)
-            shared, n_vocab, positions = llm.n_tokens, llm.n_vocab(), []
+            n_vocab, positions, evaluated = llm.n_vocab(), [], len(prompt)
+            current = list(prompt)  # the tokens whose KV cells the context holds
             for piece in pieces:
-                # Llama.eval drops the KV cells from n_tokens on before it evaluates: rewinding
-                # n_tokens to the end of the prompt forgets the previous continuation.
-                llm.n_tokens = shared - 1 if not piece else shared
-                llm.eval(piece or prompt[-1:])
+                wanted = prompt + piece
+                # Keep what the previous continuation shares with this one ("Grammar: " before
+                # "Grammar: 1"), but evaluate at least one token, whose logits are the position.
+                # Llama.eval drops the KV cells from n_tokens on before it evaluates.
+                keep = min(common_prefix(current, wanted), len(wanted) - 1)
+                llm.n_tokens = keep
+                llm.eval(wanted[keep:])
+                evaluated += len(wanted) - keep
+                current = wanted
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).astype(np.float64)
                 positions.append(top_tokens(llm, logits, request.top_logprobs))
-        return RawResult(text="", finish_reason="positions", prompt_tokens=shared + sum(len(p) for p in pieces), completion_tokens=0,
-                         model=self.model_name, logprobs=positions)  # fmt: skip
+        return RawResult(text="", finish_reason="positions", prompt_tokens=evaluated, completion_tokens=0, model=self.model_name, logprobs=positions)
 
     # -- scoring ---------------------------------------------------------------------------------
     def token_logprobs(self, prefix: str, continuation: str) -> list[float]:
