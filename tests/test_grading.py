@@ -155,3 +155,11 @@ def test_too_few_pairs_or_no_repeats_leave_a_category_untrusted():
     assert not trust["grammar"]["trusted"] and "only 3 original/word salad pairs" in trust["grammar"]["reasons"][0]
     trust = grading.category_trust(_disc(perfect), {"mean_abs_diff": {}, "share_within_1": {}}, rules)
     assert not trust["grammar"]["trusted"] and "consistency is unknown" in trust["grammar"]["reasons"][0]
+
+
+def test_a_grade_heading_shows_repeats_only_where_grades_were_sampled():
+    from tinystories.eval.report_judge import category_heading
+
+    trust = {"grammar": {"trusted": True, "weakest_discrimination": 0.9, "mean_abs_diff": 0.4}}
+    assert category_heading("grammar", {"categories": trust, "consistency": {"deterministic": True}}) == "grammar (trusted; caught 90%)"
+    assert category_heading("grammar", {"categories": trust, "consistency": {}}) == "grammar (trusted; caught 90%, repeat Δ 0.40)"

@@ -31,6 +31,8 @@ def category_heading(cat: str, rel: dict) -> str:
     if t is None:
         return cat  # scores.json from a judge stage before per-category trust
     verdict = "trusted" if t["trusted"] else "untrusted"
+    if rel.get("consistency", {}).get("deterministic"):  # nothing sampled: no repeats to show
+        return f"{cat} ({verdict}; caught {fmt_share(t.get('weakest_discrimination'))})"
     return f"{cat} ({verdict}; caught {fmt_share(t.get('weakest_discrimination'))}, repeat Δ {fmt(t.get('mean_abs_diff'))})"
 
 
@@ -43,7 +45,8 @@ def grades_preamble(scores: dict, first: bool = True) -> list[str]:
     return [
         f"Graded by {judge_identity(scores.get('judge', {}))}. Beside each category: whether this report trusts its grades, "
         "the weakest share of damaged good stories the judge graded below the original (over the damages that should hurt that category), "
-        "and the mean difference between two judgments of the same completion (see Judge reliability).",
+        + ("(grades read without sampling: the same completion always gets the same grades, so no repeats; see Judge reliability)."
+           if rel.get("consistency", {}).get("deterministic") else "and the mean difference between two judgments of the same completion (see Judge reliability)."),
         "",
     ]
 
