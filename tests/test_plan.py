@@ -121,13 +121,26 @@ def test_judge_requests_follow_models_prompts_samples_and_the_reliability_sample
     assert est.requests == graded + reliability, f"{est.requests} != {graded} + {reliability}"
 
 
-def test_expected_scoring_sends_one_request_per_grade_slot_more():
+def test_expected_scoring_after_an_assessment_sends_one_request_per_grade_slot_more():
     sampled = by_stage(P.make_plan(config()))["judge"]
-    expected = by_stage(P.make_plan(config("judge.scoring=expected", "judge.llm={mode: completion}")))["judge"]
+    expected = by_stage(P.make_plan(config("judge.scoring=expected", "judge.assessment=true", "judge.llm={mode: completion}")))["judge"]
     assert expected.requests == sampled.requests * 6, "expected scoring: the assessment and five one-token grade requests"
     assessment = 0.6 * config().judge.max_tokens  # TYPICAL_JUDGE_REPLY_SHARE of the reply budget
     resent = 6 * sampled.prompt_tokens + 5 * sampled.requests * assessment  # each grade request resends prompt + assessment
     assert expected.prompt_tokens == pytest.approx(resent, rel=1e-3), f"{expected.prompt_tokens} != {resent}"
+
+
+def test_expected_scoring_without_an_assessment_is_one_request_embedded_and_nine_for_a_server():
+    from tinystories.eval.expected import DIRECT_POSITIONS
+
+    sampled_without_repeats = by_stage(P.make_plan(config("judge.consistency_sample=0")))["judge"]
+    embedded = by_stage(P.make_plan(config("judge.scoring=expected", "judge.llm={mode: completion, backend: embedded}")))["judge"]
+    served = by_stage(P.make_plan(config("judge.scoring=expected", "judge.llm={mode: completion, backend: openai, base_urls: [http://127.0.0.1:9/v1]}")))["judge"]
+    assert embedded.requests == sampled_without_repeats.requests, "one request per judgment, and no repeats: nothing is sampled"
+    assert embedded.completion_tokens == 0, "nothing is generated"
+    assert embedded.hours == pytest.approx(embedded.prompt_tokens / P.EMBEDDED_PROMPT_TOKENS_PER_S["qwen2.5-coder-1.5b"] / 3600), "its time is prompt reading"
+    assert served.requests == DIRECT_POSITIONS * embedded.requests, "a server gets one single-token request per position"
+    assert served.prompt_tokens > 5 * embedded.prompt_tokens, "and is sent the whole prompt with each"
 
 
 def test_plan_command_prints_every_stage_and_says_how_to_get_dollars(capsys):

@@ -39,6 +39,9 @@ PROMPT_SAMPLE = 200  # stories whose prompts are rendered to measure the mean pr
 CPU_TRAIN_TOKENS_PER_S = {"1M": 6860.0, "8M": 4378.0, "33M": 2471.0}
 CPU_SAMPLE_TOKENS_PER_S = {"1M": 5198.0, "8M": 2319.0}
 EMBEDDED_TOKENS_PER_S = {"qwen2.5-coder-1.5b": 11.0, "qwen2.5-coder-0.5b": 22.0, "smollm2-135m": 65.0}
+# Prompt tokens read per second on 2 cores: the 1.5B's from benchmarks/bench_judge.py (5.5 s for a
+# ~500-token judgment, whose time is all prompt reading); the others scaled by parameter count.
+EMBEDDED_PROMPT_TOKENS_PER_S = {"qwen2.5-coder-1.5b": 90.0, "qwen2.5-coder-0.5b": 270.0, "smollm2-135m": 1000.0}
 PREPARE_BYTES_PER_S = 10.1e6
 STREAM_TOKENS_PER_S = 60.0  # one request's decoding speed at an endpoint, until the run dir measured it
 CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights (4) + AdamW's two moments (8) in train_state.pt; each save replaces the last
@@ -134,6 +137,9 @@ def llm_hours(llm: LLMConfig, calls: int, prompt: float, completion: float, max_
         if not tok_s:
             return None, f"embedded {llm.model}: no measured speed yet (run a few requests, then plan with --run-dir)"
         source = "measured" if measured_tok_s else "2-core figure"
+        read_s = EMBEDDED_PROMPT_TOKENS_PER_S.get(llm.model)
+        if not completion and read_s:  # nothing generated (grades read from probabilities): all prompt reading
+            return calls * prompt / read_s / 3600, f"embedded {llm.model}, one request at a time, prompts read at {read_s:g} tok/s (2-core figure)"
         return calls * completion / tok_s / 3600, f"embedded {llm.model}, one request at a time at {tok_s:g} tok/s ({source}; prompt reading not counted)"
     stream = measured_tok_s or STREAM_TOKENS_PER_S
     per_minute = {"llm.concurrency": llm.concurrency * 60.0 / max(1e-9, completion / stream)}
@@ -268,28 +274,38 @@ def completions_per_model(cfg) -> list[tuple[object, int, int]]:
 
 def plan_judge(cfg, measured: Measured) -> Estimate:
     from tinystories.eval.damage import DAMAGES
-    from tinystories.eval.expected import SLOTS
+    from tinystories.eval.expected import DIRECT_POSITIONS, SLOTS
     from tinystories.eval.judge import SECTION
-    from tinystories.text.prompts import JUDGE_SYSTEM, judge_prompt
+    from tinystories.text.prompts import JUDGE_QUESTIONS, JUDGE_SYSTEM, judge_prompt
 
     j = cfg.judge
     llm = cfg.llm_for(SECTION)
     graded = [min(n, j.max_judged) if j.max_judged else n for _, _, n in completions_per_model(cfg)]
     main = sum(graded)
-    judgments = main + min(j.consistency_sample, main) + len(DAMAGES) * min(j.discrimination_sample, main)
     expected = j.scoring == "expected" or (j.scoring == "auto" and llm.mode == "completion")
-    calls_per = 1 + len(SLOTS) if expected else 1
+    direct = expected and not j.assessment  # every grade read after the exercise: nothing sampled, no repeats
+    judgments = main + (0 if direct else min(j.consistency_sample, main)) + len(DAMAGES) * min(j.discrimination_sample, main)
     completion_chars = int(cfg.complete.max_new_tokens * measured.bytes_per_token())
     prompt = (len(JUDGE_SYSTEM) + len(judge_prompt("continue", "Once upon a time, there was a little girl named Lily. One day,", "x" * completion_chars))) / CHARS_PER_LLM_TOKEN
+    if direct:
+        # One positions request per judgment. The embedded backend evaluates it in one go; a
+        # server gets (and bills) one single-token request per position, each with the whole prompt.
+        questions = sum(len(q) for q in JUDGE_QUESTIONS["continue"].values()) / CHARS_PER_LLM_TOKEN
+        calls_per = 1 if llm.backend == "embedded" else DIRECT_POSITIONS
+        per_call_prompt = prompt + questions if calls_per == 1 else prompt + questions / len(SLOTS)
+        per_call_completion = 0 if calls_per == 1 else 1
+        how = "expected scoring, every grade read in one request" + ("" if calls_per == 1 else f" ({DIRECT_POSITIONS} single-token requests to a server)")
+    else:
+        calls_per = 1 + len(SLOTS) if expected else 1
+        # expected scoring after an assessment: the assessment, then one-token grade requests that each resend prompt + assessment
+        completion = j.max_tokens * TYPICAL_JUDGE_REPLY_SHARE
+        per_call_prompt = prompt + (calls_per - 1) * completion / calls_per
+        per_call_completion = (completion + (calls_per - 1)) / calls_per
+        how = f"{calls_per} request{'s' if calls_per > 1 else ''} each ({'expected' if expected else 'sampled'} scoring)"
     basis = [
-        f"{main:,} completions judged + {judgments - main:,} reliability judgments (repeats and {len(DAMAGES)} damages), "
-        f"{calls_per} request{'s' if calls_per > 1 else ''} each ({'expected' if expected else 'sampled'} scoring)",
+        f"{main:,} completions judged + {judgments - main:,} reliability judgments ({'' if direct else 'repeats and '}{len(DAMAGES)} damages), {how}",
         f"completions assumed to run to complete.max_new_tokens ({cfg.complete.max_new_tokens})",
     ]
-    # expected scoring: the assessment, then one-token grade requests that each resend prompt + assessment
-    completion = j.max_tokens * TYPICAL_JUDGE_REPLY_SHARE
-    per_call_prompt = prompt + (calls_per - 1) * completion / calls_per
-    per_call_completion = (completion + (calls_per - 1)) / calls_per
     calls = judgments * calls_per
     est = llm_estimate("judge", llm, calls, calls * llm.max_attempts, per_call_prompt, per_call_completion, j.max_tokens, measured.tokens_per_s("judge"), basis)
     est.disk_bytes = judgments * 3000
