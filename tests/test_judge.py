@@ -469,16 +469,22 @@ def completion_judge_args(run: Path, *extra: str) -> list[str]:
     return judge_args(run, "--set", "judge.llm.mode=completion", *extra)
 
 
-def test_expected_scoring_is_the_default_and_reads_every_grade_in_one_request(tmp_path, monkeypatch):
-    run = make_eval_run(tmp_path)
-    backend = install(monkeypatch, forced_judge)
-    assert main(completion_judge_args(run)) == 0
+def known_expected_grades(run: Path) -> tuple[dict, dict]:
+    """scores.json and pretrain/1M's story-beginning block, checked against forced_judge's distributions."""
     scores = json.loads((run / "eval" / "scores.json").read_text())
     assert scores["judge"]["scoring"] == "expected", "auto picks expected scoring when the judge returns log-probabilities"
     base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
     assert base["n_judged"] == 12 and base["n_failed"] == 0
     assert base["categories"]["grammar"]["mean"] == pytest.approx((9 * 0.7 + 8 * 0.2) / 0.9, abs=1e-4), "the expected grade over the mass on grades"
     assert base["categories"]["plot"]["mean"] == pytest.approx(10 * 0.4 + 1 * 0.1 + 9 * 0.5, abs=1e-4), "a 10 written as 1 then 0 counts as 10"
+    return scores, base
+
+
+def test_expected_scoring_is_the_default_and_reads_every_grade_in_one_request(tmp_path, monkeypatch):
+    run = make_eval_run(tmp_path)
+    backend = install(monkeypatch, forced_judge)
+    assert main(completion_judge_args(run)) == 0
+    scores, base = known_expected_grades(run)
     assert base["categories"]["consistency"]["mean"] == pytest.approx(8.0), "each line is read on its own"
     assert base["age_groups"] == {"C": 12}
     recs = list(read_jsonl(run / "eval" / "judgments.jsonl"))
@@ -514,12 +520,7 @@ def test_expected_scoring_after_an_assessment_forces_the_reply_line_by_line(tmp_
     run = make_eval_run(tmp_path)
     backend = install(monkeypatch, forced_judge)
     assert main(completion_judge_args(run, "--set", "judge.assessment=true")) == 0
-    scores = json.loads((run / "eval" / "scores.json").read_text())
-    assert scores["judge"]["scoring"] == "expected", "auto picks expected scoring when the judge returns log-probabilities"
-    base = scores["models"]["pretrain/1M"]["tasks"]["continue"]
-    assert base["n_judged"] == 12 and base["n_failed"] == 0
-    assert base["categories"]["grammar"]["mean"] == pytest.approx((9 * 0.7 + 8 * 0.2) / 0.9, abs=1e-4), "the expected grade over the mass on grades"
-    assert base["categories"]["plot"]["mean"] == pytest.approx(10 * 0.4 + 1 * 0.1 + 9 * 0.5, abs=1e-4), "a 10 written as 1 then 0 counts as 10"
+    scores, base = known_expected_grades(run)
     assert base["age_groups"] == {"C": 12}
     rel = scores["reliability"]
     assert rel["discrimination"]["word_salad"]["share_original_better"]["grammar"] == 1.0 and rel["unreliable"] is False

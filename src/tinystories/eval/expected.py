@@ -6,8 +6,11 @@ disagree by whole points where their distributions barely differ. The expected g
 continuous score with far less noise, and a judge that does not mean to write a grade at all
 (little probability on 1..10) is caught as a failure instead of being read as a number.
 
-Per completion the judge first writes its assessment (sampled, as in the paper, since the grades
-should rest on it), then the reply's format is forced line by line in completion mode:
+Two readings. By default (`judge.assessment: false`, `direct_request` below) nothing is sampled:
+one request per completion reads every grade after the exercise, one question per grade
+(Request.continuations, so the exercise is evaluated once). With `judge.assessment: true` the
+judge first writes its assessment (sampled, as in the paper's reply), then the reply's format is
+forced line by line in completion mode:
 
     <prompt> Assessment: <its assessment>\nGrammar:␣      -> top-k tokens at the next position
     ... Grammar: 8/10\nCreativity:␣                      -> (the likeliest grade is written in)

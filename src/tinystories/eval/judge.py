@@ -11,9 +11,12 @@ sense, and guesses the writer's age group (A: 3 or under, B: 4-5, C: 6-7, D: 8-9
 F: 13-16).
 
 How a grade is read (`judge.scoring`):
-- expected (G-Eval; eval/expected.py): the judge writes its assessment, then each grade line is
-  forced and the grade is the expected value of the judge's next-token distribution over 1..10;
-  a grade with less than `judge.min_grade_mass` of the probability on 1..10 is a failure.
+- expected (G-Eval; eval/expected.py): the grade is the expected value of the judge's next-token
+  distribution over 1..10 where it writes that grade; a grade with less than
+  `judge.min_grade_mass` of the probability on 1..10 is a failure. By default
+  (`judge.assessment: false`) every grade is read in one request right after the exercise, one
+  question per grade, nothing sampled (so nothing is judged twice); with `judge.assessment: true`
+  the judge first writes its assessment and the grade lines are forced after it one by one.
   Needs a judge in completion mode that returns token log-probabilities;
 - sampled: the judge writes the whole reply and its numbers are parsed strictly
   (eval/grading.py);
@@ -30,7 +33,8 @@ is back and exactly those requests are sent.
 Reliability, measured on every run (a weak judge is the norm on a laptop), under the scoring
 in use, per category:
 - consistency: `judge.consistency_sample` of the models' completions judged a second time with
-  another seed; mean absolute difference and share within one point;
+  another seed; mean absolute difference and share within one point (not under expected scoring
+  without an assessment: its grades are deterministic);
 - discrimination: originals known to be good, damaged four ways (eval/damage.py: sentences
   shuffled, words shuffled into salad, cut after a few words, replaced by another beginning's
   continuation) and judged the same way; per damage and category, the share of pairs where the
