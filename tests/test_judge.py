@@ -504,6 +504,18 @@ def test_expected_scoring_is_the_default_and_reads_every_grade_in_one_request(tm
     assert not [c for c in backend.calls if not c.top_logprobs], "no text is sampled"
 
 
+def test_a_backend_that_reads_positions_itself_gets_expected_scoring_in_chat_mode_too(tmp_path, monkeypatch):
+    # the embedded backend reads Request.continuations from the raw prompt whatever llm.mode says
+    run = make_eval_run(tmp_path)
+    backend = install(monkeypatch, forced_judge)
+    backend.reads_positions = True
+    assert main(judge_args(run)) == 0, "the default llm.mode is chat"
+    scores, _ = known_expected_grades(run)
+    assert all(c.continuations or c.prompt for c in backend.calls) and not [c for c in backend.calls if c.messages], "no chat request was made"
+    assert main(judge_args(run, "--set", "judge.assessment=true")) == 0
+    assert json.loads((run / "eval" / "scores.json").read_text())["judge"]["scoring"] == "sampled", "forcing lines after an assessment needs completion mode"
+
+
 def test_expected_grade_read_in_one_request_without_mass_is_a_failure(tmp_path, monkeypatch):
     run = make_eval_run(tmp_path)
     backend = install(monkeypatch, lambda req: forced_judge(req, grammar_if_intact={"The": 0.8, "7": 0.2}))

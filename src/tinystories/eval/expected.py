@@ -311,13 +311,17 @@ def send_direct(client, items: list[dict], settings: Settings, seeds: dict[str, 
         raise
 
 
-def resolve_scoring(scoring: str, mode: str, client, seed: int) -> str:
+def resolve_scoring(scoring: str, mode: str, client, seed: int, assessment: bool = False) -> str:
     """"expected" or "sampled" for `judge.scoring` (auto | expected | sampled): auto is expected
-    when the judge is in completion mode and answers a one-token probe with log-probabilities."""
+    when the judge is in completion mode and answers a one-token probe with log-probabilities, or
+    when the grades are read without an assessment from a backend that reads positions itself
+    (the embedded one: it reads the raw prompt whatever `llm.mode` says)."""
     from tinystories.llm import Request
 
     if scoring == "sampled":
         return "sampled"
+    if mode != "completion" and not assessment and getattr(client.backend, "reads_positions", False):
+        return "expected"
     if mode != "completion":
         if scoring == "expected":
             raise UserError(NEEDS_COMPLETION_MODE)

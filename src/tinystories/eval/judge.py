@@ -21,7 +21,8 @@ How a grade is read (`judge.scoring`):
 - sampled: the judge writes the whole reply and its numbers are parsed strictly
   (eval/grading.py);
 - auto (the default): expected when the judge is in completion mode and returns
-  log-probabilities, else sampled.
+  log-probabilities, or is a backend that reads the grades from the raw prompt itself (embedded),
+  else sampled.
 A reply that cannot be graded is retried with a fresh seed by the LLM layer and then recorded in
 eval/judgments.jsonl as a failure with its reason: never scored as zero, never dropped.
 
@@ -400,7 +401,7 @@ def run(cfg, rundir: RunDir, force: bool = False) -> dict:
     llm_cfg = cfg.llm_for(SECTION)
     client = make_client(llm_cfg, rundir.path(LLM_CACHE_DIR))
     try:
-        scoring = expected.resolve_scoring(c.scoring, llm_cfg.mode, client, stage_seed)
+        scoring = expected.resolve_scoring(c.scoring, llm_cfg.mode, client, stage_seed, c.assessment)
         plan, plan_info = plan_requests(graded, c, stage_seed, heldout, deterministic=scoring == "expected" and not c.assessment)
         plan_info["originals"] = origin
         settings = judge_settings(client, c, llm_cfg.mode, scoring)

@@ -108,6 +108,9 @@ def top_tokens(llm, logits, k: int) -> dict[str, float]:
 
 class EmbeddedBackend:
     name = "embedded"
+    # Request.continuations are read from the raw prompt in one go (`_read_positions_sync`), in chat
+    # mode too: expected scoring can use this backend whatever llm.mode is.
+    reads_positions = True
 
     def __init__(self, cfg: LLMConfig):
         self.cfg = cfg
