@@ -113,7 +113,7 @@ def _flops(size: str) -> float:
 
 
 def test_judge_requests_follow_models_prompts_samples_and_the_reliability_samples():
-    est = by_stage(P.make_plan(config()))["judge"]
+    est = by_stage(P.make_plan(config("judge.scoring=sampled")))["judge"]
     # pretrain/1M: 3 beginnings graded (its 2 instructions are a word-compliance baseline only);
     # sft/1M: 3 beginnings + 2 instructions; 2 samples each: 16 graded.
     graded = 2 * 3 + 2 * 5
@@ -122,7 +122,7 @@ def test_judge_requests_follow_models_prompts_samples_and_the_reliability_sample
 
 
 def test_expected_scoring_after_an_assessment_sends_one_request_per_grade_slot_more():
-    sampled = by_stage(P.make_plan(config()))["judge"]
+    sampled = by_stage(P.make_plan(config("judge.scoring=sampled")))["judge"]
     expected = by_stage(P.make_plan(config("judge.scoring=expected", "judge.assessment=true", "judge.llm={mode: completion}")))["judge"]
     assert expected.requests == sampled.requests * 6, "expected scoring: the assessment and five one-token grade requests"
     assessment = 0.6 * config().judge.max_tokens  # TYPICAL_JUDGE_REPLY_SHARE of the reply budget
@@ -133,7 +133,8 @@ def test_expected_scoring_after_an_assessment_sends_one_request_per_grade_slot_m
 def test_expected_scoring_without_an_assessment_is_one_request_embedded_and_nine_for_a_server():
     from tinystories.eval.expected import DIRECT_POSITIONS
 
-    sampled_without_repeats = by_stage(P.make_plan(config("judge.consistency_sample=0")))["judge"]
+    sampled_without_repeats = by_stage(P.make_plan(config("judge.scoring=sampled", "judge.consistency_sample=0")))["judge"]
+    assert by_stage(P.make_plan(config()))["judge"].requests == sampled_without_repeats.requests, "auto: the embedded judge reads grades in one request"
     embedded = by_stage(P.make_plan(config("judge.scoring=expected", "judge.llm={mode: completion, backend: embedded}")))["judge"]
     served = by_stage(P.make_plan(config("judge.scoring=expected", "judge.llm={mode: completion, backend: openai, base_urls: [http://127.0.0.1:9/v1]}")))["judge"]
     assert embedded.requests == sampled_without_repeats.requests, "one request per judgment, and no repeats: nothing is sampled"

@@ -282,7 +282,8 @@ def plan_judge(cfg, measured: Measured) -> Estimate:
     llm = cfg.llm_for(SECTION)
     graded = [min(n, j.max_judged) if j.max_judged else n for _, _, n in completions_per_model(cfg)]
     main = sum(graded)
-    expected = j.scoring == "expected" or (j.scoring == "auto" and llm.mode == "completion")
+    # auto as eval/expected.resolve_scoring decides it (a completion-mode server is assumed to return log-probabilities)
+    expected = j.scoring == "expected" or (j.scoring == "auto" and (llm.mode == "completion" or (llm.backend == "embedded" and not j.assessment)))
     direct = expected and not j.assessment  # every grade read after the exercise: nothing sampled, no repeats
     judgments = main + (0 if direct else min(j.consistency_sample, main)) + len(DAMAGES) * min(j.discrimination_sample, main)
     completion_chars = int(cfg.complete.max_new_tokens * measured.bytes_per_token())
