@@ -82,15 +82,6 @@ def completion_params(request: Request) -> dict:
     )
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def top_tokens(llm, logits, k: int) -> dict[str, float]:
     """The k most likely next tokens (their text) with natural-log probabilities, from one row of logits."""
     import numpy as np
@@ -291,7 +282,7 @@ class EmbeddedBackend:
                 # Keep what the previous continuation shares with this one ("Grammar: " before
                 # "Grammar: 1"), but evaluate at least one token, whose logits are the position.
                 # Llama.eval drops the KV cells from n_tokens on before it evaluates.
-                keep = min(common_prefix(current, wanted), len(wanted) - 1)
+                keep = min(llama_cpp.Llama.longest_token_prefix(current, wanted), len(wanted) - 1)
                 llm.n_tokens = keep
                 llm.eval(wanted[keep:])
                 evaluated += len(wanted) - keep
